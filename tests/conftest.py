@@ -1,0 +1,13 @@
+import pytest
+
+def pytest_addoption(parser):
+    parser.addoption('--runslow', action='store_true', default=False, help='also run tests marked slow')
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: long-running test, skipped unless --runslow is given')
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption('--runslow'): return
+    skip = pytest.mark.skip(reason='slow: run with --runslow (make test-slow)')
+    for item in items:
+        if 'slow' in item.keywords: item.add_marker(skip)
