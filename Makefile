@@ -56,4 +56,4 @@ readme: $(STAMP)
 NB ?= $(filter-out nbs/_%,$(wildcard nbs/[0-9i]*.ipynb))
 run-nbs: $(STAMP)
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1200 $(NB)
-	$(BIN)/nbdev_clean
+	for f in $(NB); do $(BIN)/nbdev_clean --fname $$f; done
