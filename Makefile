@@ -12,21 +12,28 @@ export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 export MALLOC_TOP_PAD_ ?= 536870912
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test test-nbs test-py test-slow check-sync export clean-nbs readme run-nbs
+.PHONY: install data test test-nbs test-py test-slow check-sync export clean-nbs readme run-nbs
 
 $(STAMP): settings.ini setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
 	@touch $@
 
-install: $(STAMP)
+install: $(STAMP) data
+
+# Fashion-MNIST ships in Debian's dataset-fashion-mnist; installed here when missing (needs root and apt)
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+data:
+	@test -f $(FMNIST) || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }; \
+	  else echo "Fashion-MNIST not found: install Debian's dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist)"; fi; }
 
 test: test-nbs test-py
 
-test-nbs: $(STAMP)
+test-nbs: $(STAMP) data
 	$(BIN)/nbdev_test --n_workers 2 --timing
 
-test-py: $(STAMP)
+test-py: $(STAMP) data
 	$(BIN)/python -m pytest -q tests
 
 # the long checks CI skips: notebook cells flagged `slow` and pytest tests marked `slow`
