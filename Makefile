@@ -64,3 +64,4 @@ NB ?= $(filter-out nbs/_%,$(wildcard nbs/[0-9i]*.ipynb))
 run-nbs: $(STAMP)
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1200 $(NB)
 	for f in $(NB); do $(BIN)/nbdev_clean --fname $$f; done
+	$(BIN)/nbdev_export
