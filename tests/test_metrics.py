@@ -1,0 +1,98 @@
+"dinof.metrics: scores and statistics against independent references (scipy, pytorch-fid, hand-computed cases)."
+import math
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from dinof.metrics import fid, kid, inception_score, RunningStats, FIDStats
+
+
+def _gauss(rng, d, n):
+    x = rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) / math.sqrt(d) + rng.standard_normal(d)
+    return x.mean(0), np.cov(x, rowvar=False)
+
+
+@pytest.mark.parametrize('d', [2, 17, 256])
+def test_fid_matches_scipy_and_pytorch_fid(d):
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    rng = np.random.default_rng(d)
+    (m1, s1), (m2, s2) = _gauss(rng, d, 3 * d + 5), _gauss(rng, d, 3 * d + 5)
+    ours = fid(m1, s1, m2, s2)
+    ref = float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real))
+    assert abs(ours - ref) <= 1e-6 * abs(ref)
+    assert abs(ours - calculate_frechet_distance(m1, s1, m2, s2)) <= 1e-6 * abs(ref)
+    assert abs(fid(torch.tensor(m1), torch.tensor(s1), torch.tensor(m2), torch.tensor(s2)) - ours) <= 1e-12 * abs(ours)
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+    rng = np.random.default_rng(0)
+    for n in (30, 500):   # rank-deficient (n < d) and full-rank covariances, d = 100
+        x = rng.standard_normal((n, 100)) * rng.uniform(0.01, 10, 100)
+        st = RunningStats(100).update(x).stats()
+        assert abs(fid(st.mu, st.sigma, st.mu, st.sigma)) < 1e-6
+
+
+def test_fid_symmetric_and_translation():
+    rng = np.random.default_rng(1)
+    (m1, s1), (m2, s2) = _gauss(rng, 8, 40), _gauss(rng, 8, 40)
+    assert abs(fid(m1, s1, m2, s2) - fid(m2, s2, m1, s1)) < 1e-9
+    assert abs(fid(m1 + 3, s1, m1, s1) - 9 * 8) < 1e-8   # same covariance: only the mean term
+
+
+def test_fid_bad_inputs():
+    m, s = np.zeros(4), np.eye(4)
+    with pytest.raises(ValueError, match='different feature dimensions'): fid(m, s, np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match=r'sigma2: must be a \[D, D\]'): fid(m, s, m, np.eye(3))
+    with pytest.raises(ValueError, match='NaN'): fid(m, np.full((4, 4), np.nan), m, s)
+
+
+def test_kid_hand_computed():
+    # k(x,y) = (xy + 1)^3: Kxx off-diag 1, Kyy off-diag 27, Kxy = [[1,1],[8,27]] -> 1 + 27 - 2*37/4 = 9.5
+    assert kid([[0.], [1.]], [[1.], [2.]], n_subsets=4) == (9.5, 0.)
+    # d = 2 scales the dot product: x = (1,1), (0,0); y = (1,0), (0,1): Kxx off 1, Kyy off 1, Kxy all (0.5+1)^3 or 1
+    kxy = np.array([[1.5 ** 3, 1.5 ** 3], [1., 1.]])
+    assert abs(kid([[1., 1.], [0., 0.]], [[1., 0.], [0., 1.]])[0] - (1 + 1 - 2 * kxy.mean())) < 1e-12
+
+
+def test_kid_subsets_seeded():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((300, 5)), rng.standard_normal((200, 5)) + 1
+    assert kid(a, b, n_subsets=10, subset_size=50, seed=1) == kid(a, b, n_subsets=10, subset_size=50, seed=1)
+    m, s = kid(a, b, n_subsets=10, subset_size=50, seed=1)
+    assert m > 0 and s > 0
+
+
+def test_inception_score_hand_computed():
+    onehot = np.full((100, 10), -50.); onehot[np.arange(100), np.arange(100) % 10] = 50.
+    mean, std = inception_score(onehot)
+    assert abs(mean - 10) < 1e-9 and std < 1e-9
+    assert abs(inception_score(np.zeros((20, 5)))[0] - 1) < 1e-12
+    # two images, softmax (p, 1-p) and (1-p, p): marginal uniform, log IS = log 2 - H(p)
+    p = 0.9
+    want = math.exp(math.log(2) + p * math.log(p) + (1 - p) * math.log(1 - p))
+    assert abs(inception_score(torch.log(torch.tensor([[p, 1 - p], [1 - p, p]])), splits=1)[0] - want) < 1e-6
+    with pytest.raises(ValueError, match='splits'): inception_score(np.zeros((5, 3)), splits=6)
+
+
+def test_running_stats_match_numpy_any_batching():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((257, 6)) * 5 + 1e5
+    for cuts in ([], [1], [2, 3, 100], list(range(1, 257, 16))):
+        rs = RunningStats(6)
+        for part in np.split(x, cuts): rs.update(part)
+        assert rs.n == 257
+        np.testing.assert_allclose(rs.mean, x.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(rs.sigma, np.cov(x, rowvar=False), rtol=1e-8)
+
+
+def test_stats_npz_round_trip(tmp_path):
+    rng = np.random.default_rng(4)
+    st = RunningStats(3).update(rng.standard_normal((10, 3))).stats('fmnist', 'deadbeef')
+    p = st.save(tmp_path / 'a' / 'b.npz')
+    with np.load(p) as z: assert set(z.files) == {'mu', 'sigma', 'n', 'extractor', 'extractor_hash'}
+    back = FIDStats.load(p)
+    assert (back.n, back.extractor, back.extractor_hash) == (10, 'fmnist', 'deadbeef')
+    np.testing.assert_array_equal(back.sigma, st.sigma)
+    with pytest.raises(FileNotFoundError, match='missing.npz'): FIDStats.load(tmp_path / 'missing.npz')
+    (tmp_path / 'junk.npz').write_bytes(b'not a zip')
+    with pytest.raises(ValueError, match='junk.npz'): FIDStats.load(tmp_path / 'junk.npz')
