@@ -41,3 +41,42 @@ def test_times_never_exceed_t_m_in_float32():
         for faithful in (False, True):
             t = sample_times(sde, 1_000_000, start=0.6, faithful=faithful, generator=torch.Generator().manual_seed(0))
             assert t.dtype == torch.float32 and t.max() <= 0.6
+
+@pytest.mark.parametrize('sde', [VPSDE(), VESDE()])
+def test_discrete_losses_call_the_raw_network_of_a_score_model(sde):
+    nets = pytest.importorskip('dinof.nets')
+    from dinof.losses import ddpm_loss, smld_loss
+    net = nets.build(dict(name='mlp', dim=2, hidden=16, depth=1, embedding_type='positional', embed_dim=8))
+    model = nets.ScoreModel(net, sde, continuous=False)
+    x, z, k = torch.randn(8, 2), torch.randn(8, 2), torch.randint(0, 600, (8,)) + (400 if isinstance(sde, VESDE) else 0)
+    fn = ddpm_loss if isinstance(sde, VPSDE) else smld_loss
+    assert torch.equal(fn(model, sde, x, k, z), fn(net, sde, x, k, z))
+    if isinstance(sde, VPSDE):
+        a, s = sde.sqrt_alphas_cumprod[k].float()[:, None], sde.sqrt_1m_alphas_cumprod[k].float()[:, None]
+        want = ((net(a * x + s * z, k) - z) ** 2).mean(1)
+    else:
+        s = sde.discrete_sigmas.flip(0)[k].float()[:, None]
+        want = ((net(x + s * z, k) + z / s) ** 2).sum(1) * 0.5 * s[:, 0] ** 2
+    assert torch.allclose(fn(model, sde, x, k, z), want, rtol=1e-5, atol=1e-6)
+
+def test_continuous_loss_with_a_score_model_trains():
+    nets = pytest.importorskip('dinof.nets')
+    torch.manual_seed(0)
+    sde = VPSDE()
+    model = nets.ScoreModel(nets.build(dict(name='mlp', dim=2, hidden=32, depth=2, embedding_type='positional', embed_dim=16)), sde)
+    fl = flow_mod.CouplingFlow(dim=2, depth=2, hidden=16)
+    obj = DiNofLoss(sde, 0.6)
+    opt = torch.optim.Adam(list(model.parameters()) + list(fl.parameters()), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    x_eval = torch.randn(2048, 2, generator=torch.Generator().manual_seed(1)) * 0.5 + 1
+    ev = lambda: obj(x_eval, model, fl, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(): before = ev()
+    for _ in range(60):
+        x = torch.randn(256, 2, generator=g) * 0.5 + 1
+        opt.zero_grad(); obj(x, model, fl, generator=g).loss.backward(); opt.step()
+    with torch.no_grad(): after = ev()
+    assert after.score_loss < 0.5 * before.score_loss
+    # x(t_m) of N(1, 0.25 I) data is Gaussian: the flow's NLL must be near its entropy (the flow starts near it, ActNorm)
+    a, s = (c.item() for c in sde.marginal_coeffs(torch.tensor([0.6])))
+    entropy = math.log(2 * math.pi * math.e * (a * a * 0.25 + s * s))
+    assert abs(after.flow_nll.item() - entropy) < 0.05
