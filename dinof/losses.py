@@ -110,7 +110,7 @@ def flow_nll(flow, x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LossOutput:
-    "What one DiNof loss evaluation returns: `loss` to back-propagate, the terms (detached; `None` when off), the times."
+    "One evaluation: `loss` to back-propagate; the terms (detached, `None` when off; `flow_nll` in nats, `flow_bpd` in bits/dim); `t`: the times (continuous) or labels (discrete)."
     loss: torch.Tensor
     score_loss: torch.Tensor | None
     flow_nll: torch.Tensor | None
