@@ -1,0 +1,92 @@
+"Checks of dinof.flow beyond the notebook: the paper-sized Glow, normflows equivalence at CIFAR shapes, DDP."
+import io, os, socket, warnings
+import pytest, torch
+import torch.multiprocessing as mp
+from dinof.core import PerSampleGenerator
+from dinof.flow import Glow, build, count_params, from_normflows, std_normal_logp
+
+def test_paper_glow_roundtrip_float32():
+    torch.manual_seed(0)
+    flow = build('glow_cifar10')
+    x = (torch.rand(8, 3, 32, 32) * 2 - 1) * 0.8 + 0.3 * torch.randn(8, 3, 32, 32)   # like x(t_m) of centred data
+    flow.initialize(x)
+    with torch.no_grad():
+        z, ld = flow.encode(x[:3])
+        assert z.shape == (3, 3072) and torch.isfinite(ld).all()
+        assert (flow.decode(z) - x[:3]).abs().max() < 1e-4
+        # the latent of the initialised flow is roughly standardised (ActNorm's job)
+        assert abs(z.std().item() - 1) < 0.5
+        s = flow.sample(2, temperature=0.7, generator=PerSampleGenerator([1, 2]))
+        assert s.shape == (2, 3, 32, 32) and torch.isfinite(s).all()
+    assert count_params(flow) == 7_917_576
+
+def _nf_glow(in_shape, L, K, hidden):
+    import normflows as nf
+    C, H, W = in_shape
+    q0, merges, flows = [], [], []
+    for i in range(L):
+        flows.append([nf.flows.GlowBlock(C * 2 ** (L + 1 - i), hidden, split_mode='channel', scale=True) for _ in range(K)] + [nf.flows.Squeeze()])
+        if i > 0:
+            merges.append(nf.flows.Merge())
+            q0.append(nf.distributions.GlowBase((C * 2 ** (L - i), H // 2 ** (L - i), W // 2 ** (L - i))))
+        else: q0.append(nf.distributions.GlowBase((C * 2 ** (L + 1), H // 2 ** L, W // 2 ** L)))
+    return nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
+
+def test_normflows_equivalence_cifar_shapes():
+    pytest.importorskip('normflows')
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        theirs = _nf_glow((3, 32, 32), 3, 2, 16).double()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        theirs.log_prob(x, None)                                   # normflows' lazy ActNorm initialisation
+        for p in theirs.parameters(): p.add_(0.05 * torch.randn_like(p))
+    ours = Glow(in_shape=(3, 32, 32), levels=3, depth=2, hidden=16).double()
+    ours.load_state_dict(from_normflows(theirs.state_dict(), ours))
+    with torch.no_grad():
+        torch.testing.assert_close(ours.log_prob(x), theirs.log_prob(x, None), rtol=1e-10, atol=1e-8)
+        # and sampling: normflows' latents in its level order, ours flat (coarsest first): same images
+        zs = [torch.randn(2, *q.shape, dtype=torch.float64) for q in theirs.q0]
+        xs = [None]
+        for i, q in enumerate(theirs.q0):
+            loc = q.loc * torch.exp(q.loc_logs * 3); ls = q.log_scale * torch.exp(q.log_scale_logs * 3)
+            zs_i = loc + ls.exp() * zs[i]
+            h = zs_i if i == 0 else theirs.merges[i - 1]([h, zs_i])[0]
+            for f in theirs.flows[i]: h = f(h)[0]
+        torch.testing.assert_close(ours.decode(torch.cat([z.flatten(1) for z in zs], 1)), h, rtol=1e-9, atol=1e-9)
+
+def test_initialize_is_explicit_and_lazy_init_runs_once():
+    flow = build('glow_tiny')
+    a, b = torch.randn(16, 1, 8, 8), torch.randn(16, 1, 8, 8) * 5 + 3
+    flow.encode(a)                                               # lazy init on a
+    bias = flow.steps[0][0].actnorm.bias.detach().clone()
+    flow.encode(b); assert torch.equal(flow.steps[0][0].actnorm.bias, bias)   # not re-run
+    flow.initialize(b); assert not torch.equal(flow.steps[0][0].actnorm.bias, bias)   # explicit re-init
+
+def _free_port():
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def _ddp_worker(rank, world, port, q):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    torch.manual_seed(rank)                                      # different random init per rank
+    flow = build('glow_tiny')
+    if rank == 0: flow.initialize(torch.randn(32, 1, 8, 8) * 2 + 1)
+    ddp = DDP(flow)                                              # broadcasts rank 0's parameters and buffers
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(10 + rank)) * 3 - 2
+    loss = -ddp(x).mean(); loss.backward()                       # forward == log_prob; must not re-init on rank 1
+    an = flow.steps[0][0].actnorm
+    q.put((rank, bool(an.initialized), an.bias.tolist(), an.logs.grad.tolist()))   # plain lists: no shared memory
+    dist.destroy_process_group()
+
+def test_ddp_actnorm_state_broadcast():
+    ctx = mp.get_context('spawn'); q = ctx.Queue()
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), q), nprocs=2, join=True, start_method='spawn')
+    r = dict((k, v) for k, *v in [q.get() for _ in range(2)])
+    assert r[0][0] and r[1][0]
+    assert r[0][1] == r[1][1]                                   # same ActNorm (rank 0's), not re-initialised on rank 1
+    assert torch.allclose(torch.tensor(r[0][2]), torch.tensor(r[1][2]))   # gradients all-reduced
