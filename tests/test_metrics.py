@@ -96,3 +96,33 @@ def test_stats_npz_round_trip(tmp_path):
     with pytest.raises(FileNotFoundError, match='missing.npz'): FIDStats.load(tmp_path / 'missing.npz')
     (tmp_path / 'junk.npz').write_bytes(b'not a zip')
     with pytest.raises(ValueError, match='junk.npz'): FIDStats.load(tmp_path / 'junk.npz')
+
+
+def test_reference_stats_cache(tmp_path, monkeypatch):
+    import torch
+    from dinof.metrics import Extractor, reference_stats, stats_cache_dir
+
+    calls = []
+    class Net(torch.nn.Module):
+        def forward(self, x): calls.append(len(x)); return x.flatten(1)[:, :5] * 2
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+    assert stats_cache_dir() == tmp_path / 'dinof' / 'stats'
+    data = torch.rand(30, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+    ext = Extractor('twice', Net(), device='cpu', batch_size=7)
+    st = reference_stats('tiny', ext, split='test', data=data, progress=False)
+    assert sum(calls) == 30 and st.n == 30 and (st.extractor, st.extractor_hash) == ('twice', ext.hash)
+    feats = (data.flatten(1)[:, :5] * 2).double().numpy()
+    np.testing.assert_allclose(st.sigma, np.cov(feats, rowvar=False), rtol=1e-10)
+    files = list((tmp_path / 'dinof' / 'stats').iterdir())
+    assert [f.name for f in files] == [f'tiny-test-twice-{ext.hash}.npz']
+    again = reference_stats('tiny', ext, split='test', data=data, progress=False)
+    assert sum(calls) == 30 and np.array_equal(again.mu, st.mu)          # served from the cache
+    files[0].write_bytes(b'corrupt')
+    reference_stats('tiny', ext, split='test', data=data, progress=False)
+    assert sum(calls) == 60                                               # unreadable cache: recomputed
+    # a dataset of (image, label) items streams the same statistics
+    class DS:
+        def __len__(self): return len(data)
+        def __getitem__(self, i): return data[i], 0
+    st2 = reference_stats('tiny2', ext, data=DS(), progress=False)
+    np.testing.assert_allclose(st2.sigma, st.sigma, rtol=1e-12)
