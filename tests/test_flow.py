@@ -8,12 +8,12 @@ from dinof.flow import Glow, build, count_params, from_normflows, std_normal_log
 def test_paper_glow_roundtrip_float32():
     torch.manual_seed(0)
     flow = build('glow_cifar10')
-    x = (torch.rand(8, 3, 32, 32) * 2 - 1) * 0.8 + 0.3 * torch.randn(8, 3, 32, 32)   # like x(t_m) of centred data
+    x = (torch.rand(4, 3, 32, 32) * 2 - 1) * 0.8 + 0.3 * torch.randn(4, 3, 32, 32)   # like x(t_m) of centred data
     flow.initialize(x)
     with torch.no_grad():
-        z, ld = flow.encode(x[:3])
-        assert z.shape == (3, 3072) and torch.isfinite(ld).all()
-        assert (flow.decode(z) - x[:3]).abs().max() < 1e-4
+        z, ld = flow.encode(x[:2])
+        assert z.shape == (2, 3072) and torch.isfinite(ld).all()
+        assert (flow.decode(z) - x[:2]).abs().max() < 1e-4
         # the latent of the initialised flow is roughly standardised (ActNorm's job)
         assert abs(z.std().item() - 1) < 0.5
         s = flow.sample(2, temperature=0.7, generator=PerSampleGenerator([1, 2]))
