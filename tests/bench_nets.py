@@ -4,19 +4,17 @@ this kind of machine: 2 threads, batch 64, fixture README) and, measured in the 
 resamples the way score_sde's native `upfirdn2d` does (a single-channel convolution over a [B*C, 1, H, W] reshape).
 
 Usage: python tests/bench_nets.py [--threads 2] [--repeats 5] [--configs ncsnpp_small_32,ddpmpp_small_32,...]
-Each configuration and variant runs in its own subprocess, so the peak RSS is its own.
+The variants of a configuration are timed in one process, interleaved repeat by repeat (so a changing load on a
+shared machine hits them alike); the peak RSS of each is measured in a fresh process of its own.
 """
 import argparse, json, os, resource, statistics, subprocess, sys, time
 
 # score_sde_pytorch on this kind of machine (fixture README): (train step s, forward s)
 ORIGINAL = {'ncsnpp_small_32': (2.49, 0.48), 'ncsnpp_small_32x1': (2.20, 0.49), 'ddpmpp_small_32': (0.88, 0.25)}
 
-def _worker(name, variant, threads, repeats, batch):
+def _setup(name, variant, batch):
     import torch
     import dinof.nets as N
-    torch.set_num_threads(threads)
-    if variant == 'baseline':   # score_sde's resampling: upfirdn2d over a [B*C, 1, H, W] reshape
-        N.fir_filter = lambda x, k, a, b, stride=1: N.upfirdn2d(x, k, down=stride, pad=(a, b))
     torch.manual_seed(0)
     net = N.build(name)
     C, S = net.num_channels, net.image_size
@@ -26,19 +24,49 @@ def _worker(name, variant, threads, repeats, batch):
         net = net.to(memory_format=torch.channels_last); x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=2e-4)
     def step():
+        net.train()
         loss = net(x, labels).square().mean()
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     def fwd():
+        net.eval()
         with torch.no_grad(): net(x, labels)
-    def med(f, n):
-        ts = []
-        for _ in range(n):
-            t0 = time.perf_counter(); f(); ts.append(time.perf_counter() - t0)
-        return statistics.median(ts)
-    net.eval(); fwd(); t_fwd = med(fwd, repeats)
-    net.train(); step(); t_step = med(step, repeats)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # MiB (Linux reports KiB)
-    print(json.dumps(dict(fwd=t_fwd, step=t_step, peak_mib=peak)))
+    return fwd, step
+
+def _resampling(variant):
+    "score_sde's resampling (baseline): upfirdn2d over a [B*C, 1, H, W] reshape; ours: one depthwise convolution."
+    import dinof.nets as N
+    N.fir_filter = _REF if variant == 'baseline' else _FAST
+
+def _worker(name, variants, threads, repeats, batch):
+    "Times the variants interleaved (one repeat of each in turn), so that a changing load hits them alike."
+    global _REF, _FAST
+    import torch
+    import dinof.nets as N
+    torch.set_num_threads(threads)
+    _FAST = N.fir_filter
+    _REF = lambda x, k, a, b, stride=1: N.upfirdn2d(x, k, down=stride, pad=(a, b))
+    variants = variants.split(',')
+    fns = {v: _setup(name, v, batch) for v in variants}
+    times = {v: ([], []) for v in variants}
+    for v in variants:
+        _resampling(v); fns[v][0](); fns[v][1]()        # warm-up
+    for _ in range(repeats):
+        for v in variants:
+            _resampling(v)
+            for i, f in enumerate(fns[v]):
+                t0 = time.perf_counter(); f(); times[v][i].append(time.perf_counter() - t0)
+    print(json.dumps({v: dict(fwd=statistics.median(times[v][0]), step=statistics.median(times[v][1])) for v in variants}))
+
+def _peak(name, variant, threads, batch):
+    "Peak resident memory (MiB) of a fresh process that runs one forward pass and one training step."
+    import torch
+    torch.set_num_threads(threads)
+    _worker_peak = _setup(name, variant, batch)
+    if variant == 'baseline':
+        import dinof.nets as N
+        N.fir_filter = lambda x, k, a, b, stride=1: N.upfirdn2d(x, k, down=stride, pad=(a, b))
+    _worker_peak[0](); _worker_peak[1]()
+    print(json.dumps(dict(peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
 
 def main():
     ap = argparse.ArgumentParser()
@@ -48,22 +76,27 @@ def main():
     ap.add_argument('--configs', default='ncsnpp_small_32,ddpmpp_small_32')
     ap.add_argument('--variants', default='baseline,ours,channels_last')
     ap.add_argument('--worker', nargs=2)
+    ap.add_argument('--peak', nargs=2)
     a = ap.parse_args()
     if a.worker: return _worker(*a.worker, a.threads, a.repeats, a.batch)
+    if a.peak: return _peak(*a.peak, a.threads, a.batch)
     env = {**os.environ, 'MALLOC_MMAP_THRESHOLD_': '33554432', 'MALLOC_TRIM_THRESHOLD_': '4294967296', 'MALLOC_TOP_PAD_': '536870912'}
-    print(f'batch {a.batch}, {a.threads} threads, median of {a.repeats}; load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs')
-    print(f"{'config':20s} {'variant':14s} {'forward s':>10s} {'step s':>8s} {'peak MiB':>9s}  vs score_sde (fwd, step)  vs baseline (fwd, step)")
+    run = lambda *args: subprocess.run([sys.executable, __file__, *args, '--threads', str(a.threads), '--repeats', str(a.repeats),
+                                        '--batch', str(a.batch)], capture_output=True, text=True, env=env)
+    print(f'batch {a.batch}, {a.threads} threads, median of {a.repeats} (variants interleaved); '
+          f'load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs')
+    print(f"{'config':18s} {'variant':14s} {'forward s':>10s} {'step s':>8s} {'peak MiB':>9s}  {'vs score_sde fwd, step':24s} vs baseline fwd, step")
     for name in a.configs.split(','):
-        res = {}
-        for v in a.variants.split(','):
-            out = subprocess.run([sys.executable, __file__, '--worker', name, v, '--threads', str(a.threads), '--repeats',
-                                  str(a.repeats), '--batch', str(a.batch)], capture_output=True, text=True, env=env)
-            if out.returncode: print(out.stderr); continue
-            r = res[v] = json.loads(out.stdout.strip().splitlines()[-1])
+        out = run('--worker', name, a.variants)
+        if out.returncode: print(out.stderr); continue
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        for v, r in res.items():
+            pk = run('--peak', name, v)
+            peak = json.loads(pk.stdout.strip().splitlines()[-1])['peak_mib'] if pk.returncode == 0 else float('nan')
             orig = ORIGINAL.get(name) if a.batch == 64 else None
             vs_o = f'{orig[1] / r["fwd"]:5.2f}x {orig[0] / r["step"]:5.2f}x' if orig else '     -'
             vs_b = f'{res["baseline"]["fwd"] / r["fwd"]:5.2f}x {res["baseline"]["step"] / r["step"]:5.2f}x' if 'baseline' in res else '     -'
-            print(f'{name:20s} {v:14s} {r["fwd"]:10.3f} {r["step"]:8.3f} {r["peak_mib"]:9.0f}  {vs_o:24s} {vs_b}', flush=True)
+            print(f'{name:18s} {v:14s} {r["fwd"]:10.3f} {r["step"]:8.3f} {peak:9.0f}  {vs_o:24s} {vs_b}', flush=True)
     print(f'load average after: {os.getloadavg()[0]:.1f}')
 
 if __name__ == '__main__': main()
