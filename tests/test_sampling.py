@@ -104,3 +104,32 @@ def test_pc_without_denoise_returns_noisy_state():
     a = hybrid_sample(prior, sde, net, n=3, steps=5, corrector=None)
     b = hybrid_sample(prior, sde, net, n=3, steps=5, corrector=None, denoise=False)
     assert a.nfe == b.nfe == 5 and not torch.equal(a.samples, b.samples)
+
+
+class ConvScore(torch.nn.Module):
+    "A tiny time-conditioned conv net for [B, 1, 8, 8] images."
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = torch.nn.Conv2d(2, 8, 3, padding=1), torch.nn.Conv2d(8, 1, 3, padding=1)
+    def forward(self, x, t):
+        h = torch.cat([x, t[:, None, None, None].expand_as(x)], 1)
+        return self.c2(torch.nn.functional.silu(self.c1(h)))
+
+
+def test_images_from_a_glow_prior():
+    "Image samples [n, 1, 8, 8] from a (tiny, untrained) Glow at t_m: shapes, NFE, batch independence."
+    from dinof.flow import Glow
+    torch.manual_seed(0)
+    glow = Glow(in_shape=(1, 8, 8), levels=2, depth=2, hidden=16)
+    glow.initialize(torch.randn(16, 1, 8, 8)).eval()
+    prior, sde, net = FlowPrior(glow, 0.6), VPSDE(), ConvScore().eval()
+    assert prior.shape == (1, 8, 8) and prior.latent_dim == 64
+    for kw, nfe in ((dict(method='pc', steps=4, corrector='ald'), 8), (dict(method='dpm2', steps=2), 4)):
+        big = hybrid_sample(prior, sde, net, n=5, seed=2, **kw)
+        assert big.samples.shape == (5, 1, 8, 8) and big.nfe == nfe and torch.isfinite(big.samples).all()
+        assert torch.equal(hybrid_sample(prior, sde, net, n=2, seed=2, **kw).samples, big.samples[:2])
+
+
+def test_prior_shape_mismatch_with_a_conv_net():
+    with pytest.raises(ValueError, match='prior'):
+        hybrid_sample(GaussianPrior(VPSDE(), (3, 8, 8)), VPSDE(), ConvScore().eval(), n=2, method='euler', steps=1)
