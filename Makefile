@@ -12,7 +12,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 export MALLOC_TOP_PAD_ ?= 536870912
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install data test test-nbs test-py test-slow check-sync export clean-nbs readme run-nbs
+.PHONY: install data test test-nbs test-py test-slow check-sync export clean-nbs readme run-nbs docs-check
 
 $(STAMP): settings.ini setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,3 +65,10 @@ run-nbs: $(STAMP)
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1200 $(NB)
 	for f in $(NB); do $(BIN)/nbdev_clean --fname $$f; done
 	$(BIN)/nbdev_export
+
+# what of the docs pipeline runs without Quarto: nbdev's notebook processing (executes show_doc/import/export cells
+# of every notebook into _proc/), then each processed notebook rendered to HTML by nbconvert (into _proc/html/)
+docs-check: $(STAMP)
+	@rm -rf _proc; PATH="$(abspath $(BIN)):$$PATH" $(BIN)/nbdev_proc_nbs >/tmp/dinof-proc-nbs.log 2>&1 || \
+	  { grep -v "^WARNING: Location" /tmp/dinof-proc-nbs.log | tail -40; echo "nbdev_proc_nbs failed"; exit 1; }
+	$(BIN)/jupyter nbconvert --log-level CRITICAL --to html --output-dir _proc/html _proc/[0-9i]*.ipynb
