@@ -8,6 +8,7 @@ import dataclasses, json, math, typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from .data import DATASETS, TOY2D
+from .core import fail
 from .sde import SubVPSDE, VESDE, VPSDE
 
 # %% auto #0
@@ -162,33 +163,32 @@ _INHERITED = {'centered': ('data', 'centered'), 'num_channels': ('data', 'num_ch
               'sigma_min': ('sde', 'sigma_min'), 'sigma_max': ('sde', 'sigma_max'), 'num_scales': ('sde', 'num_scales'),
               'continuous': ('training', 'continuous')}
 
-def _bad(name, what): raise ValueError(f'{name}: {what}')
 
 def _check_value(name: str, f: dataclasses.Field, typ, v):
     "Type and rule of one field."
     optional = type(None) in typing.get_args(typ)
     base = next((a for a in typing.get_args(typ) if a is not type(None)), typ) if optional else typ
     if v is None:
-        if not optional: _bad(name, f'must not be None')
+        if not optional: fail(name, f'must not be None')
         return
     m = f.metadata
     if base is bool:
-        if not isinstance(v, bool): _bad(name, f'must be true or false, got {v!r}')
+        if not isinstance(v, bool): fail(name, f'must be true or false, got {v!r}')
     elif base is int:
-        if not isinstance(v, int) or isinstance(v, bool): _bad(name, f'must be an integer, got {v!r}')
+        if not isinstance(v, int) or isinstance(v, bool): fail(name, f'must be an integer, got {v!r}')
     elif base is float:
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v): _bad(name, f'must be a finite number, got {v!r}')
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v): fail(name, f'must be a finite number, got {v!r}')
     elif base is str:
-        if not isinstance(v, str): _bad(name, f'must be a string, got {v!r}')
+        if not isinstance(v, str): fail(name, f'must be a string, got {v!r}')
     elif base is tuple:
-        if not isinstance(v, tuple): _bad(name, f'must be a list, got {v!r}')
+        if not isinstance(v, tuple): fail(name, f'must be a list, got {v!r}')
     if m.get('choices') is not None and v not in m['choices']:
-        _bad(name, f'must be one of {", ".join(map(repr, m["choices"]))}, got {v!r}')
+        fail(name, f'must be one of {", ".join(map(repr, m["choices"]))}, got {v!r}')
     lo, hi = m.get('lo'), m.get('hi')
     if lo is not None and (v <= lo if m.get('lo_open') else v < lo) or hi is not None and v > hi:
         lo_s = '' if lo is None else (f'> {lo}' if m.get('lo_open') else f'>= {lo}')
         hi_s = '' if hi is None else f'<= {hi}'
-        _bad(name, f'must be {" and ".join(s for s in (lo_s, hi_s) if s)}, got {v!r}')
+        fail(name, f'must be {" and ".join(s for s in (lo_s, hi_s) if s)}, got {v!r}')
 
 def _tuples(cls, d: dict) -> dict:
     "JSON lists -> tuples for the tuple-typed fields of section `cls`."
@@ -213,7 +213,7 @@ class Config:
         "Raise `ValueError` naming the first bad field; returns `self` when all is well."
         for sec, cls in SECTIONS.items():
             s = getattr(self, sec)
-            if not isinstance(s, cls): _bad(sec, f'must be a {cls.__name__}, got {type(s).__name__}')
+            if not isinstance(s, cls): fail(sec, f'must be a {cls.__name__}, got {type(s).__name__}')
             hints = typing.get_type_hints(cls)
             for f in dataclasses.fields(cls): _check_value(f'{sec}.{f.name}', f, hints[f.name], getattr(s, f.name))
         self._check_links()
@@ -221,38 +221,38 @@ class Config:
 
     def _check_links(self):
         d, sde, m, fl, tr, sa = self.data, self.sde, self.model, self.flow, self.training, self.sampling
-        m_ints = lambda name, v: all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in v) or _bad(name, f'must be a list of positive integers, got {v!r}')
+        m_ints = lambda name, v: all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in v) or fail(name, f'must be a list of positive integers, got {v!r}')
         m_ints('model.ch_mult', m.ch_mult); m_ints('model.attn_resolutions', m.attn_resolutions); m_ints('model.fir_kernel', m.fir_kernel)
-        if not m.ch_mult: _bad('model.ch_mult', 'must not be empty')
+        if not m.ch_mult: fail('model.ch_mult', 'must not be empty')
         if not set(self.eval.metrics) <= set(METRICS) or not self.eval.metrics:
-            _bad('eval.metrics', f'must be a non-empty list of {", ".join(map(repr, METRICS))}, got {self.eval.metrics!r}')
-        if sde.sigma_max <= sde.sigma_min: _bad('sde.sigma_max', f'must be > sde.sigma_min = {sde.sigma_min}, got {sde.sigma_max}')
-        if sde.beta_max <= sde.beta_min: _bad('sde.beta_max', f'must be > sde.beta_min = {sde.beta_min}, got {sde.beta_max}')
+            fail('eval.metrics', f'must be a non-empty list of {", ".join(map(repr, METRICS))}, got {self.eval.metrics!r}')
+        if sde.sigma_max <= sde.sigma_min: fail('sde.sigma_max', f'must be > sde.sigma_min = {sde.sigma_min}, got {sde.sigma_max}')
+        if sde.beta_max <= sde.beta_min: fail('sde.beta_max', f'must be > sde.beta_min = {sde.beta_min}, got {sde.beta_max}')
         for k, (sec, key) in _INHERITED.items():
             v, src = getattr(m, k), getattr(getattr(self, sec), key)
-            if v is not None and v != src: _bad(f'model.{k}', f'is {v!r} but {sec}.{key} is {src!r}; set it to None to follow {sec}.{key}')
+            if v is not None and v != src: fail(f'model.{k}', f'is {v!r} but {sec}.{key} is {src!r}; set it to None to follow {sec}.{key}')
         toy = d.dataset == 'toy2d'
         if toy:
-            if m.name != 'mlp': _bad('model.name', f"must be 'mlp' for toy2d data, got {m.name!r}")
-            if fl.type != 'coupling': _bad('flow.type', f"must be 'coupling' for toy2d data, got {fl.type!r}")
-            if fl.dim not in (None, 2): _bad('flow.dim', f'must be 2 (or None) for toy2d data, got {fl.dim!r}')
+            if m.name != 'mlp': fail('model.name', f"must be 'mlp' for toy2d data, got {m.name!r}")
+            if fl.type != 'coupling': fail('flow.type', f"must be 'coupling' for toy2d data, got {fl.type!r}")
+            if fl.dim not in (None, 2): fail('flow.dim', f'must be 2 (or None) for toy2d data, got {fl.dim!r}')
         else:
-            if m.name != 'ncsnpp': _bad('model.name', f"must be 'ncsnpp' for image data, got {m.name!r}")
-            if fl.type != 'glow': _bad('flow.type', f"must be 'glow' for image data, got {fl.type!r}")
+            if m.name != 'ncsnpp': fail('model.name', f"must be 'ncsnpp' for image data, got {m.name!r}")
+            if fl.type != 'glow': fail('flow.type', f"must be 'glow' for image data, got {fl.type!r}")
             if d.dataset in ('fashion_mnist', 'mnist'):
-                if d.num_channels != 1: _bad('data.num_channels', f'{d.dataset} has 1 channel, got {d.num_channels}')
-                if d.image_size not in (28, 32): _bad('data.image_size', f'{d.dataset} is 28x28, optionally padded to 32: must be 28 or 32, got {d.image_size}')
+                if d.num_channels != 1: fail('data.num_channels', f'{d.dataset} has 1 channel, got {d.num_channels}')
+                if d.image_size not in (28, 32): fail('data.image_size', f'{d.dataset} is 28x28, optionally padded to 32: must be 28 or 32, got {d.image_size}')
             if d.dataset == 'cifar10' and (d.image_size, d.num_channels) != (32, 3):
-                _bad('data.image_size' if d.image_size != 32 else 'data.num_channels', 'cifar10 is 3x32x32')
+                fail('data.image_size' if d.image_size != 32 else 'data.num_channels', 'cifar10 is 3x32x32')
             down = 2 ** (len(m.ch_mult) - 1)
-            if d.image_size % down: _bad('data.image_size', f'{d.image_size} is not divisible by 2**(len(model.ch_mult)-1) = {down}')
-            if d.image_size % 2 ** fl.levels: _bad('flow.levels', f'{fl.levels} squeezes need data.image_size divisible by {2 ** fl.levels}, got {d.image_size}')
-        if not tr.continuous and sde.type == 'subvpsde': _bad('training.continuous', "discrete training needs sde.type 'vpsde' (DDPM) or 'vesde' (SMLD), not 'subvpsde'")
-        if tr.likelihood_weighting and not tr.continuous: _bad('training.likelihood_weighting', 'is only defined for continuous training')
-        if tr.w_score == 0 and tr.w_flow == 0: _bad('training.w_score', 'training.w_score and training.w_flow are both 0: nothing to train')
+            if d.image_size % down: fail('data.image_size', f'{d.image_size} is not divisible by 2**(len(model.ch_mult)-1) = {down}')
+            if d.image_size % 2 ** fl.levels: fail('flow.levels', f'{fl.levels} squeezes need data.image_size divisible by {2 ** fl.levels}, got {d.image_size}')
+        if not tr.continuous and sde.type == 'subvpsde': fail('training.continuous', "discrete training needs sde.type 'vpsde' (DDPM) or 'vesde' (SMLD), not 'subvpsde'")
+        if tr.likelihood_weighting and not tr.continuous: fail('training.likelihood_weighting', 'is only defined for continuous training')
+        if tr.w_score == 0 and tr.w_flow == 0: fail('training.w_score', 'training.w_score and training.w_flow are both 0: nothing to train')
         eps = 1e-5 if sde.type == 'vesde' else 1e-3
-        if sde.start <= eps: _bad('sde.start', f'the cut-off t_m = start * T must exceed eps = {eps:g}, got {sde.start}')
-        if sa.predictor == 'ancestral_sampling' and sde.type == 'subvpsde': _bad('sampling.predictor', "ancestral_sampling supports 'vpsde' and 'vesde', not 'subvpsde'")
+        if sde.start <= eps: fail('sde.start', f'the cut-off t_m = start * T must exceed eps = {eps:g}, got {sde.start}')
+        if sa.predictor == 'ancestral_sampling' and sde.type == 'subvpsde': fail('sampling.predictor', "ancestral_sampling supports 'vpsde' and 'vesde', not 'subvpsde'")
 
     # -- dicts for the builders --
     def model_dict(self) -> dict:
@@ -308,16 +308,16 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict, validate: bool = True) -> 'Config':
         "The inverse of `to_dict`; unknown sections or keys raise `ValueError` naming them."
-        if not isinstance(d, dict): _bad('config', f'must be a JSON object, got {type(d).__name__}')
+        if not isinstance(d, dict): fail('config', f'must be a JSON object, got {type(d).__name__}')
         unknown = sorted(set(d) - set(SECTIONS) - {'name'})
-        if unknown: _bad(unknown[0], f'is not a config section; sections: {", ".join(SECTIONS)}')
+        if unknown: fail(unknown[0], f'is not a config section; sections: {", ".join(SECTIONS)}')
         kw = {}
         for sec, scls in SECTIONS.items():
             s = d.get(sec, {})
-            if not isinstance(s, dict): _bad(sec, f'must be an object of settings, got {s!r}')
+            if not isinstance(s, dict): fail(sec, f'must be an object of settings, got {s!r}')
             names = {f.name for f in dataclasses.fields(scls)}
             bad = sorted(set(s) - names)
-            if bad: _bad(f'{sec}.{bad[0]}', f'is not a setting of {sec}; allowed: {", ".join(sorted(names))}')
+            if bad: fail(f'{sec}.{bad[0]}', f'is not a setting of {sec}; allowed: {", ".join(sorted(names))}')
             kw[sec] = scls(**_tuples(scls, s))
         cfg = cls(**kw, name=d.get('name', 'custom'))
         return cfg.validate() if validate else cfg
@@ -345,14 +345,14 @@ class Config:
         "A new config with `section.key=value` assignments applied (values parsed as JSON, else taken as strings), validated."
         d = self.to_dict()
         for a in assignments:
-            if '=' not in a: _bad('override', f"{a!r} is not of the form section.key=value")
+            if '=' not in a: fail('override', f"{a!r} is not of the form section.key=value")
             key, val = a.split('=', 1)
             parts = key.strip().split('.')
-            if len(parts) != 2: _bad('override', f"{key!r} must be section.key, e.g. training.batch_size")
+            if len(parts) != 2: fail('override', f"{key!r} must be section.key, e.g. training.batch_size")
             sec, k = parts
-            if sec not in SECTIONS: _bad(key, f'{sec!r} is not a config section; sections: {", ".join(SECTIONS)}')
+            if sec not in SECTIONS: fail(key, f'{sec!r} is not a config section; sections: {", ".join(SECTIONS)}')
             fields = {f.name: f for f in dataclasses.fields(SECTIONS[sec])}
-            if k not in fields: _bad(key, f'is not a setting of {sec}; allowed: {", ".join(sorted(fields))}')
+            if k not in fields: fail(key, f'is not a setting of {sec}; allowed: {", ".join(sorted(fields))}')
             d[sec][k] = _parse(val.strip(), typing.get_type_hints(SECTIONS[sec])[k])
         return Config.from_dict(d)
 

@@ -11,7 +11,7 @@ import torch
 
 # %% auto #0
 __all__ = ['get_device', 'seed_everything', 'PerSampleGenerator', 'randn', 'rand', 'randn_like', 'scale_data', 'unscale_data',
-           'to_uint8', 'bits_per_dim', 'bpd_offset', 'uniform_dequantize', 'bcast']
+           'to_uint8', 'bits_per_dim', 'bpd_offset', 'uniform_dequantize', 'fail', 'check', 'is_int', 'bcast']
 
 # %% ../nbs/00_core.ipynb #b49c4421
 def get_device(device: str | torch.device | None = None) -> torch.device:
@@ -114,6 +114,19 @@ def uniform_dequantize(x: torch.Tensor, generator=None, levels: int = 256) -> to
     "Images `k/(levels-1)` in `[0, 1]` -> `(k + u)/levels`, `u ~ U[0, 1)` (score_sde's uniform dequantisation)."
     u = rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return (x * (levels - 1) + u) / levels
+
+# %% ../nbs/00_core.ipynb #errs0cd
+def fail(name: str, what: str):
+    "Raise the user error `ValueError('name: what')`."
+    raise ValueError(f'{name}: {what}')
+
+def check(name: str, ok: bool, what: str):
+    "Raise `ValueError('name: what')` unless `ok`."
+    if not ok: fail(name, what)
+
+def is_int(v, lo: int | None = None) -> bool:
+    "Whether `v` is a Python or NumPy integer (not a `bool`), and `>= lo` when `lo` is given."
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and (lo is None or v >= lo)
 
 # %% ../nbs/00_core.ipynb #573abd74
 def bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import randn, bits_per_dim, bpd_offset, uniform_dequantize
+from .core import randn, bits_per_dim, bpd_offset, uniform_dequantize, fail, is_int
 
 # %% auto #0
 __all__ = ['std_normal_logp', 'ActNorm', 'InvConv1x1', 'Coupling', 'Squeeze', 'Gaussian', 'Split', 'GlowStep', 'Glow',
@@ -19,9 +19,7 @@ __all__ = ['std_normal_logp', 'ActNorm', 'InvConv1x1', 'Coupling', 'Squeeze', 'G
 _LOG2PI = math.log(2 * math.pi)
 _MF = torch.channels_last   # activations inside Glow's levels: mkldnn convolutions run faster in NHWC on the CPU
 
-def _bad(name, what): raise ValueError(f'{name}: {what}')
 
-def _is_int(v, lo=1): return isinstance(v, int) and not isinstance(v, bool) and v >= lo
 
 def std_normal_logp(z: torch.Tensor) -> torch.Tensor:
     "Log-density of a standard normal at each row of `z` (`[B, D]` -> `[B]`)."
@@ -197,7 +195,7 @@ class Split(nn.Module):
         elif prior == 'conditional':
             self.conv = nn.Conv2d(self.ca, 2 * self.cb, 3, padding=1)
             nn.init.zeros_(self.conv.weight); nn.init.zeros_(self.conv.bias)
-        elif prior != 'none': _bad('split_prior', f"must be 'learned', 'conditional' or 'none', got {prior!r}")
+        elif prior != 'none': fail('split_prior', f"must be 'learned', 'conditional' or 'none', got {prior!r}")
 
     def _params(self, xa, xb):
         if self.prior == 'learned': return self.gauss.params(xb)
@@ -257,9 +255,9 @@ class _Flow(nn.Module):
 
     def sample(self, n: int, temperature: float = 1., generator=None) -> torch.Tensor:
         "`decode(temperature * randn((n, dim), generator))`; `generator` may be a `torch.Generator` or a `PerSampleGenerator`."
-        if not _is_int(n): _bad('n', f'must be an integer >= 1, got {n!r}')
+        if not is_int(n, 1): fail('n', f'must be an integer >= 1, got {n!r}')
         if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
-            _bad('temperature', f'must be a number > 0, got {temperature!r}')
+            fail('temperature', f'must be a number > 0, got {temperature!r}')
         p = next(self.parameters())
         return self.decode(temperature * randn((n, self.dim), generator, device=p.device, dtype=p.dtype))
 
@@ -273,11 +271,11 @@ class _Flow(nn.Module):
 
     def _check_x(self, x):
         if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != tuple(self.in_shape) or x.dim() != len(self.in_shape) + 1:
-            _bad('x', f'expected a tensor of shape [B, {", ".join(map(str, self.in_shape))}], got {list(getattr(x, "shape", [type(x).__name__]))}')
+            fail('x', f'expected a tensor of shape [B, {", ".join(map(str, self.in_shape))}], got {list(getattr(x, "shape", [type(x).__name__]))}')
 
     def _check_z(self, z):
         if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.dim:
-            _bad('z', f'expected a tensor of shape [B, {self.dim}], got {list(getattr(z, "shape", [type(z).__name__]))}')
+            fail('z', f'expected a tensor of shape [B, {self.dim}], got {list(getattr(z, "shape", [type(z).__name__]))}')
 
 # %% ../nbs/02_flow.ipynb #5b541fb4
 _COUPLINGS, _SPLIT_PRIORS = ('affine', 'additive'), ('learned', 'conditional', 'none')
@@ -289,15 +287,15 @@ class Glow(_Flow):
     def __init__(self, in_shape: Sequence[int] = (3, 32, 32), levels: int = 3, depth: int = 16, hidden: int = 256,
                  coupling: str = 'affine', split_prior: str = 'learned'):
         super().__init__()
-        if not (isinstance(in_shape, (tuple, list)) and len(in_shape) == 3 and all(_is_int(s) for s in in_shape)):
-            _bad('in_shape', f'must be three positive integers (C, H, W), got {in_shape!r}')
+        if not (isinstance(in_shape, (tuple, list)) and len(in_shape) == 3 and all(is_int(s, 1) for s in in_shape)):
+            fail('in_shape', f'must be three positive integers (C, H, W), got {in_shape!r}')
         for name, v in (('levels', levels), ('depth', depth), ('hidden', hidden)):
-            if not _is_int(v): _bad(name, f'must be an integer >= 1, got {v!r}')
-        if coupling not in _COUPLINGS: _bad('coupling', f'must be one of {_COUPLINGS}, got {coupling!r}')
-        if split_prior not in _SPLIT_PRIORS: _bad('split_prior', f'must be one of {_SPLIT_PRIORS}, got {split_prior!r}')
+            if not is_int(v, 1): fail(name, f'must be an integer >= 1, got {v!r}')
+        if coupling not in _COUPLINGS: fail('coupling', f'must be one of {_COUPLINGS}, got {coupling!r}')
+        if split_prior not in _SPLIT_PRIORS: fail('split_prior', f'must be one of {_SPLIT_PRIORS}, got {split_prior!r}')
         c, h, w = in_shape
         for s in (h, w):
-            if s % 2 ** levels: _bad('in_shape', f'spatial size {s} cannot be squeezed {levels} times (levels={levels}): it must be divisible by {2 ** levels}')
+            if s % 2 ** levels: fail('in_shape', f'spatial size {s} cannot be squeezed {levels} times (levels={levels}): it must be divisible by {2 ** levels}')
         self.in_shape, self.config = tuple(in_shape), dict(levels=levels, depth=depth, hidden=hidden, coupling=coupling, split_prior=split_prior)
         self.squeeze, self.steps, self.splits, shapes = Squeeze(), nn.ModuleList(), nn.ModuleList(), []
         for l in range(levels):
@@ -344,7 +342,7 @@ class Glow(_Flow):
 def from_normflows(state_dict: dict, flow: Glow) -> dict:
     "A `state_dict` for `flow` (affine coupling, learned priors) from that of normflows' Glow `MultiscaleFlow` of the same shape."
     if flow.config['coupling'] != 'affine' or flow.config['split_prior'] != 'learned':
-        _bad('flow', "must use coupling='affine' and split_prior='learned' to take normflows Glow weights")
+        fail('flow', "must use coupling='affine' and split_prior='learned' to take normflows Glow weights")
     sd, out = state_dict, {}
     L, K = flow.config['levels'], flow.config['depth']
     def gauss(dst, src):
@@ -376,9 +374,9 @@ class CouplingFlow(_Flow):
     "RealNVP-style flow for vectors `[B, dim]`: `depth` x (ActNorm -> affine coupling with an MLP -> reverse)."
     def __init__(self, dim: int = 2, depth: int = 8, hidden: int = 64):
         super().__init__()
-        if not _is_int(dim, 2): _bad('dim', f'must be an integer >= 2 (a coupling needs two halves), got {dim!r}')
+        if not is_int(dim, 2): fail('dim', f'must be an integer >= 2 (a coupling needs two halves), got {dim!r}')
         for name, v in (('depth', depth), ('hidden', hidden)):
-            if not _is_int(v): _bad(name, f'must be an integer >= 1, got {v!r}')
+            if not is_int(v, 1): fail(name, f'must be an integer >= 1, got {v!r}')
         self.dim, self.in_shape, self.config = dim, (dim,), dict(dim=dim, depth=depth, hidden=hidden)
         ca, cb = (dim + 1) // 2, dim // 2
         self.layers = nn.ModuleList()
@@ -409,16 +407,16 @@ _TYPES = {'glow': Glow, 'coupling': CouplingFlow}
 
 def preset(name: str) -> dict:
     "The constructor arguments of preset `name` (with its `'type'`), a fresh dict you may edit."
-    if name not in _PRESETS: _bad('name', f'unknown flow preset {name!r}; known: {", ".join(_PRESETS)}')
+    if name not in _PRESETS: fail('name', f'unknown flow preset {name!r}; known: {", ".join(_PRESETS)}')
     return dict(_PRESETS[name])
 
 def build(spec: str | dict) -> nn.Module:
     "A flow from a preset name or a dict `{'type': 'glow' | 'coupling', **constructor kwargs}`."
     cfg = preset(spec) if isinstance(spec, str) else dict(spec)
     kind = cfg.pop('type', None)
-    if kind not in _TYPES: _bad('type', f"must be 'glow' or 'coupling', got {kind!r}")
+    if kind not in _TYPES: fail('type', f"must be 'glow' or 'coupling', got {kind!r}")
     known = set(inspect.signature(_TYPES[kind]).parameters)
-    if set(cfg) - known: _bad('spec', f'unknown {kind} flow arguments {sorted(set(cfg) - known)}; known: {sorted(known)}')
+    if set(cfg) - known: fail('spec', f'unknown {kind} flow arguments {sorted(set(cfg) - known)}; known: {sorted(known)}')
     if kind == 'glow' and 'in_shape' in cfg: cfg['in_shape'] = tuple(cfg['in_shape'])   # JSON gives lists
     return _TYPES[kind](**cfg)
 

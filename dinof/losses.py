@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 import torch
-from .core import PerSampleGenerator, bcast, bits_per_dim, rand, randn_like
+from .core import PerSampleGenerator, bcast, bits_per_dim, check, rand, randn_like
 from .sde import SDE, VESDE, VPSDE, SubVPSDE
 
 # %% auto #0
@@ -16,9 +16,6 @@ __all__ = ['sample_times', 'flow_time', 'dsm_loss', 'discrete_levels', 'ddpm_los
            'LossOutput', 'DiNofLoss']
 
 # %% ../nbs/05_losses.ipynb #fb4f8baa
-def _check(name: str, ok: bool, what: str):
-    if not ok: raise ValueError(f'{name}: {what}')
-
 def sample_times(sde: SDE, n: int, start: float = 1., faithful: bool = False, generator=None, device=None,
                  dtype=torch.float32) -> torch.Tensor:
     "Training times `[n]`: uniform on `[eps, t_m]` (`t_m = start T`), or the original's `(U (T - eps) + eps) start` if `faithful`."
@@ -123,9 +120,9 @@ class DiNofLoss:
                  likelihood_weighting: bool = False, w_score: float = 1., w_flow: float = 1., faithful: bool = False):
         sde.cutoff(start)
         if not continuous: discrete_levels(sde, start)
-        _check('w_score', w_score >= 0, f'must be >= 0, got {w_score!r}'); _check('w_flow', w_flow >= 0, f'must be >= 0, got {w_flow!r}')
-        _check('w_score', w_score > 0 or w_flow > 0, 'w_score and w_flow are both 0: nothing to train')
-        _check('likelihood_weighting', not (likelihood_weighting and not continuous), 'is only defined for continuous training')
+        check('w_score', w_score >= 0, f'must be >= 0, got {w_score!r}'); check('w_flow', w_flow >= 0, f'must be >= 0, got {w_flow!r}')
+        check('w_score', w_score > 0 or w_flow > 0, 'w_score and w_flow are both 0: nothing to train')
+        check('likelihood_weighting', not (likelihood_weighting and not continuous), 'is only defined for continuous training')
         self.sde, self.start, self.continuous, self.faithful = sde, float(start), continuous, faithful
         self.reduce_mean = (not isinstance(sde, VESDE)) if reduce_mean is None else reduce_mean   # score_sde: VE 0.5 sum, VP mean
         self.likelihood_weighting, self.w_score, self.w_flow = likelihood_weighting, float(w_score), float(w_flow)

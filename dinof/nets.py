@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .core import bcast
+from .core import bcast, check, is_int
 from .sde import SDE, VPSDE, SubVPSDE, VESDE
 
 # %% auto #0
@@ -269,12 +269,9 @@ class ResnetBlockBigGAN(nn.Module):
         return _join(x, h, self.skip_rescale)
 
 # %% ../nbs/03_nets.ipynb #2007ea45
-def _check(name: str, ok: bool, what: str):
-    if not ok: raise ValueError(f'{name}: {what}')
-
 def _choice(name: str, value, options) -> str:
     v = value.lower() if isinstance(value, str) else value
-    _check(name, v in options, f'{value!r} is not one of {", ".join(map(repr, options))}')
+    check(name, v in options, f'{value!r} is not one of {", ".join(map(repr, options))}')
     return v
 class _Stage(nn.Module):
     "The modules of one resolution of the U-Net (a plain container)."
@@ -288,13 +285,13 @@ class NCSNpp(nn.Module):
                  image_size=32, scale_by_sigma=True, nonlinearity='swish', conv_size=3, attention_type='ddpm',
                  sigma_min=0.01, sigma_max=50., num_scales=1000, continuous=True):
         super().__init__()
-        def pos_int(name, v): _check(name, isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1, f'must be a positive integer, got {v!r}')
+        def pos_int(name, v): check(name, is_int(v, 1), f'must be a positive integer, got {v!r}')
         for name, v in (('nf', nf), ('num_res_blocks', num_res_blocks), ('num_channels', num_channels),
                         ('image_size', image_size), ('num_scales', num_scales)): pos_int(name, v)
-        _check('ch_mult', len(ch_mult) >= 1 and all(isinstance(m, (int, np.integer)) and m >= 1 for m in ch_mult),
+        check('ch_mult', len(ch_mult) >= 1 and all(isinstance(m, (int, np.integer)) and m >= 1 for m in ch_mult),
                f'must be a non-empty sequence of positive integers, got {ch_mult!r}')
         L = len(ch_mult)
-        _check('image_size', image_size % 2 ** (L - 1) == 0,
+        check('image_size', image_size % 2 ** (L - 1) == 0,
                f'{image_size} is not divisible by 2**(len(ch_mult)-1) = {2 ** (L - 1)}, the down-sampling factor of ch_mult={tuple(ch_mult)}')
         resblock_type = _choice('resblock_type', resblock_type, ('ddpm', 'biggan'))
         progressive = _choice('progressive', progressive, ('none', 'output_skip', 'residual'))
@@ -303,13 +300,13 @@ class NCSNpp(nn.Module):
         embedding_type = _choice('embedding_type', embedding_type, ('fourier', 'positional'))
         nonlinearity = _choice('nonlinearity', nonlinearity, tuple(_ACTS))
         _choice('attention_type', attention_type, ('ddpm',))
-        _check('conv_size', conv_size == 3, f'only 3 is supported (as in score_sde), got {conv_size!r}')
-        _check('embedding_type', not (embedding_type == 'fourier' and not continuous),
+        check('conv_size', conv_size == 3, f'only 3 is supported (as in score_sde), got {conv_size!r}')
+        check('embedding_type', not (embedding_type == 'fourier' and not continuous),
                "'fourier' embeds continuous noise levels; discrete training (continuous=False) needs 'positional'")
-        _check('dropout', 0 <= dropout < 1, f'must lie in [0, 1), got {dropout!r}')
-        _check('fir_kernel', len(fir_kernel) >= 2 and float(np.sum(fir_kernel)) != 0,
+        check('dropout', 0 <= dropout < 1, f'must lie in [0, 1), got {dropout!r}')
+        check('fir_kernel', len(fir_kernel) >= 2 and float(np.sum(fir_kernel)) != 0,
                f'must have at least 2 taps and a non-zero sum, got {fir_kernel!r}')
-        _check('sigma_min', 0 < sigma_min < sigma_max, f'need 0 < sigma_min < sigma_max, got {sigma_min!r}, {sigma_max!r}')
+        check('sigma_min', 0 < sigma_min < sigma_max, f'need 0 < sigma_min < sigma_max, got {sigma_min!r}, {sigma_max!r}')
         attn_resolutions = tuple(int(r) for r in attn_resolutions)
         self.config = dict(nf=nf, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions,
                            dropout=dropout, resamp_with_conv=resamp_with_conv, fir=fir, fir_kernel=list(fir_kernel),
@@ -468,9 +465,9 @@ class MLPScore(nn.Module):
                  embed_dim: int = 64, fourier_scale: float = 16., scale_by_sigma: bool = False, nonlinearity: str = 'swish'):
         super().__init__()
         for name, v in (('dim', dim), ('hidden', hidden), ('depth', depth), ('embed_dim', embed_dim)):
-            _check(name, isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1, f'must be a positive integer, got {v!r}')
+            check(name, is_int(v, 1), f'must be a positive integer, got {v!r}')
         self.embedding_type = _choice('embedding_type', embedding_type, ('fourier', 'positional'))
-        _check('scale_by_sigma', not (scale_by_sigma and self.embedding_type != 'fourier'),
+        check('scale_by_sigma', not (scale_by_sigma and self.embedding_type != 'fourier'),
                "dividing by sigma needs sigma labels, i.e. embedding_type='fourier' (continuous VE)")
         self.act = _ACTS[_choice('nonlinearity', nonlinearity, tuple(_ACTS))]()
         self.config = dict(dim=dim, hidden=hidden, depth=depth, embedding_type=self.embedding_type, embed_dim=embed_dim,
@@ -591,8 +588,8 @@ def from_score_sde_config(config: dict) -> dict:
     missing = [s for s in ('data', 'model', 'training') if s not in config]
     if missing: raise ValueError(f'config: a score_sde configuration needs data/model/training sections; missing {", ".join(missing)}')
     m, d, t = config['model'], config['data'], config['training']
-    _check('config', m.get('name') == 'ncsnpp', f"model.name must be 'ncsnpp' (NCSN++ / DDPM++), got {m.get('name')!r}")
-    _check('config', str(m.get('normalization', 'GroupNorm')).lower() == 'groupnorm',
+    check('config', m.get('name') == 'ncsnpp', f"model.name must be 'ncsnpp' (NCSN++ / DDPM++), got {m.get('name')!r}")
+    check('config', str(m.get('normalization', 'GroupNorm')).lower() == 'groupnorm',
            f"model.normalization must be 'GroupNorm', got {m.get('normalization')!r}")
     need = [f'model.{k}' for k in _MODEL_KEYS if k not in m] + [f'data.{k}' for k in ('centered', 'num_channels', 'image_size') if k not in d]
     need += [] if 'continuous' in t else ['training.continuous']

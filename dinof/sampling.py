@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
-from .core import PerSampleGenerator, bcast, randn
+from .core import PerSampleGenerator, bcast, is_int, randn
 from .sde import SDE, VPSDE, SubVPSDE, VESDE
 
 # %% auto #0
@@ -323,12 +323,11 @@ class _Recorder:
     def __init__(self): self.times, self.states = [], []
     def __call__(self, i, t, x): self.times.append(float(t)); self.states.append(x.detach().cpu().clone())
 
-def _is_int(v): return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 def _validate(prior, sde, n, method, steps, predictor, corrector, schedule, snr, n_corrector, rho, rtol, atol):
     if method not in METHODS: raise ValueError(f'method: {method!r} is unknown; valid: {", ".join(METHODS)}')
-    if not _is_int(n) or n < 1: raise ValueError(f'n: must be an integer >= 1, got {n!r}')
-    if steps is not None and (not _is_int(steps) or steps < 1): raise ValueError(f'steps: must be an integer >= 1, got {steps!r}')
+    if not is_int(n) or n < 1: raise ValueError(f'n: must be an integer >= 1, got {n!r}')
+    if steps is not None and (not is_int(steps) or steps < 1): raise ValueError(f'steps: must be an integer >= 1, got {steps!r}')
     if steps is None and method not in ('pc', 'rk45'): raise ValueError(f'steps: method {method!r} needs a number of steps')
     t0 = prior.t_start
     if not sde.eps < t0 <= sde.T: raise ValueError(f't_m: the prior starts at t = {t0:g}, outside (eps, T] = ({sde.eps:g}, {sde.T:g}]')
@@ -341,7 +340,7 @@ def _validate(prior, sde, n, method, steps, predictor, corrector, schedule, snr,
         if predictor == 'ancestral_sampling' and not isinstance(sde, (VPSDE, VESDE)):
             raise ValueError(f'predictor: ancestral_sampling supports VPSDE and VESDE, not {type(sde).__name__}')
         if not snr > 0: raise ValueError(f'snr: must be > 0, got {snr!r}')
-        if not _is_int(n_corrector) or n_corrector < 1: raise ValueError(f'n_corrector: must be an integer >= 1, got {n_corrector!r}')
+        if not is_int(n_corrector) or n_corrector < 1: raise ValueError(f'n_corrector: must be an integer >= 1, got {n_corrector!r}')
 
 def hybrid_sample(prior, sde: SDE, score_fn: Callable, n: int = 64, method: str = 'pc', steps: int | None = None, *,
                   predictor: str | None = None, corrector: str | None = 'auto', snr: float = 0.16, n_corrector: int = 1,

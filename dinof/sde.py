@@ -7,21 +7,18 @@ from __future__ import annotations
 import abc, math
 from typing import Callable
 import torch
-from .core import bcast, randn, randn_like
+from .core import bcast, check, is_int, randn, randn_like
 
 # %% auto #0
 __all__ = ['SDE', 'ReverseSDE', 'VPSDE', 'SubVPSDE', 'VESDE']
 
 # %% ../nbs/01_sde.ipynb #3562ab6d
-def _check(name: str, ok: bool, what: str):
-    if not ok: raise ValueError(f'{name}: {what}')
-
 class SDE(abc.ABC):
     "A forward SDE $dx = f(x,t)dt + g(t)dw$ on $[0, T]$ with a linear drift, discretised with `N` steps."
     eps: float = 1e-3   # smallest time used for training and sampling
 
     def __init__(self, N: int = 1000):
-        _check('N', isinstance(N, int) and not isinstance(N, bool) and N >= 1, f'must be an integer >= 1, got {N!r}')
+        check('N', is_int(N, 1), f'must be an integer >= 1, got {N!r}')
         self.N = N
 
     @property
@@ -74,7 +71,7 @@ class SDE(abc.ABC):
     def cutoff(self, start: float = 0.6) -> float:
         "The truncation time $t_m$ = `start` $\\cdot T$ (DiNof's `start`, 0.6 in the paper); must lie in $(\\epsilon, T]$."
         t_m = float(start) * self.T
-        _check('start', self.eps < t_m <= self.T, f'the cut-off t_m = start * T = {t_m:g} must lie in (eps, T] = ({self.eps:g}, {self.T:g}]')
+        check('start', self.eps < t_m <= self.T, f'the cut-off t_m = start * T = {t_m:g} must lie in (eps, T] = ({self.eps:g}, {self.T:g}]')
         return t_m
 
     def perturb(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None, generator=None):
@@ -117,8 +114,8 @@ class _LinearBeta(SDE):
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20., N: int = 1000):
         super().__init__(N)
-        _check('beta_min', beta_min >= 0, f'must be >= 0, got {beta_min!r}')
-        _check('beta_max', beta_max > beta_min, f'must be > beta_min = {beta_min!r}, got {beta_max!r}')
+        check('beta_min', beta_min >= 0, f'must be >= 0, got {beta_min!r}')
+        check('beta_max', beta_max > beta_min, f'must be > beta_min = {beta_min!r}, got {beta_max!r}')
         self.beta_0, self.beta_1 = float(beta_min), float(beta_max)
 
     def _hparams(self): return {'beta_min': self.beta_0, 'beta_max': self.beta_1, 'N': self.N}
@@ -176,8 +173,8 @@ class VESDE(SDE):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50., N: int = 1000):
         super().__init__(N)
-        _check('sigma_min', sigma_min > 0, f'must be > 0, got {sigma_min!r}')
-        _check('sigma_max', sigma_max > sigma_min, f'must be > sigma_min = {sigma_min!r}, got {sigma_max!r}')
+        check('sigma_min', sigma_min > 0, f'must be > 0, got {sigma_min!r}')
+        check('sigma_max', sigma_max > sigma_min, f'must be > sigma_min = {sigma_min!r}, got {sigma_max!r}')
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.discrete_sigmas = torch.exp(torch.linspace(math.log(sigma_min), math.log(sigma_max), N, dtype=torch.float64))
 
