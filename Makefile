@@ -12,7 +12,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 export MALLOC_TOP_PAD_ ?= 536870912
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install data test test-nbs test-py test-slow check-sync export clean-nbs readme run-nbs docs-check
+.PHONY: mathjax install data test test-nbs test-py test-slow check-sync export clean-nbs readme run-nbs docs-check
 
 $(STAMP): settings.ini setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,7 +68,18 @@ run-nbs: $(STAMP)
 
 # what of the docs pipeline runs without Quarto: nbdev's notebook processing (executes show_doc/import/export cells
 # of every notebook into _proc/), then each processed notebook rendered to HTML by nbconvert (into _proc/html/)
-docs-check: $(STAMP)
+# Equations render offline from Debian's libjs-mathjax (installed here when missing, as root with apt); without it the
+# HTML points to nbconvert's default MathJax CDN, which needs the internet.
+MATHJAX := /usr/share/javascript/mathjax/MathJax.js
+mathjax:
+	@test -f $(MATHJAX) || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -qq libjs-mathjax >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libjs-mathjax >/dev/null; }; \
+	  else echo "MathJax not found: equations in _proc/html need the internet (sudo apt-get install libjs-mathjax for offline)"; fi; }
+
+docs-check: $(STAMP) mathjax
 	@rm -rf _proc; PATH="$(abspath $(BIN)):$$PATH" $(BIN)/nbdev_proc_nbs >/tmp/dinof-proc-nbs.log 2>&1 || \
 	  { grep -v "^WARNING: Location" /tmp/dinof-proc-nbs.log | tail -40; echo "nbdev_proc_nbs failed"; exit 1; }
-	$(BIN)/jupyter nbconvert --log-level CRITICAL --to html --output-dir _proc/html _proc/[0-9i]*.ipynb
+	$(BIN)/jupyter nbconvert --log-level CRITICAL --to html --output-dir _proc/html \
+	  $$(test -f $(MATHJAX) && echo "--HTMLExporter.mathjax_url=file://$(MATHJAX)?config=TeX-AMS_CHTML-full,Safe") _proc/[0-9i]*.ipynb
+	@if test -f $(MATHJAX); then grep -L "file://$(MATHJAX)" _proc/html/*.html | grep . && \
+	  { echo "docs-check: the pages above do not load the local MathJax"; exit 1; } || true; fi
