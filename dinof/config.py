@@ -4,17 +4,17 @@
 
 # %% ../nbs/09_config.ipynb #8c7077d8
 from __future__ import annotations
-import dataclasses, json, math, typing
+import copy, dataclasses, json, math, typing, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from .data import DATASETS, TOY2D
 from .core import fail
+from .sampling import CORRECTORS, METHODS, PREDICTORS, SCHEDULES
 from .sde import SubVPSDE, VESDE, VPSDE
 
 # %% auto #0
-__all__ = ['SDE_TYPES', 'PREDICTORS', 'CORRECTORS', 'SAMPLING_METHODS', 'SCHEDULES', 'METRICS', 'SECTIONS', 'PAPER_PRESETS',
-           'PRESETS', 'DataConfig', 'SDEConfig', 'ModelConfig', 'FlowConfig', 'TrainingConfig', 'OptimConfig',
-           'SamplingConfig', 'EvalConfig', 'Config', 'get_config']
+__all__ = ['SDE_TYPES', 'METRICS', 'AUTOCAST', 'SECTIONS', 'PAPER_PRESETS', 'PRESETS', 'DataConfig', 'SDEConfig', 'ModelConfig',
+           'FlowConfig', 'TrainingConfig', 'OptimConfig', 'SamplingConfig', 'EvalConfig', 'Config', 'get_config']
 
 # %% ../nbs/09_config.ipynb #68bb1cf2
 def _f(default, choices=None, lo=None, hi=None, lo_open=False, doc=''):
@@ -23,11 +23,9 @@ def _f(default, choices=None, lo=None, hi=None, lo_open=False, doc=''):
     return field(metadata=dict(choices=choices, lo=lo, hi=hi, lo_open=lo_open, doc=doc), **kw)
 
 SDE_TYPES = ('vesde', 'vpsde', 'subvpsde')
-PREDICTORS = ('euler_maruyama', 'reverse_diffusion', 'ancestral_sampling')
-CORRECTORS = ('none', 'langevin', 'ald')
-SAMPLING_METHODS = ('pc', 'euler', 'heun', 'rk45', 'dpm1', 'dpm2', 'dpm3')
-SCHEDULES = ('uniform', 'logsnr', 'edm')
 METRICS = ('fid', 'kid', 'is')
+AUTOCAST = ('auto', 'bf16', 'off')
+_AUTO = 'auto: follows sde.type (see the table)'
 
 @dataclass
 class DataConfig:
@@ -36,25 +34,25 @@ class DataConfig:
     root: str | None = _f(None, doc='folder holding the data; None: $DINOF_DATA, the cache, the Debian package')
     image_size: int = _f(32, lo=1)
     num_channels: int = _f(3, (1, 3))
-    centered: bool = _f(False, doc='model space [-1, 1] (VP, sub-VP) instead of [0, 1] (VE)')
+    centered: bool | None = _f(None, doc='model space [-1, 1] instead of [0, 1]; None: ' + _AUTO)
     random_flip: bool = _f(True)
     uniform_dequantization: bool = _f(False)
     density: str = _f('8gaussians', TOY2D, doc='toy2d only')
 
 @dataclass
 class SDEConfig:
-    "The forward SDE and DiNof's cut-off `start` = t_m / T."
+    "The forward SDE and DiNof's cut-off time `t_m` (every `dinof.sde` SDE ends at T = 1)."
     type: str = _f('vesde', SDE_TYPES)
     sigma_min: float = _f(0.01, lo=0, lo_open=True)
     sigma_max: float = _f(50., lo=0, lo_open=True)
     beta_min: float = _f(0.1, lo=0)
     beta_max: float = _f(20., lo=0, lo_open=True)
     num_scales: int = _f(1000, lo=1)
-    start: float = _f(0.6, lo=0, hi=1, lo_open=True, doc='t_m / T, 0.6 in the paper')
+    t_m: float = _f(0.6, lo=0, hi=1, lo_open=True, doc='the cut-off time in (eps, T], 0.6 in the paper')
 
 @dataclass
 class ModelConfig:
-    "The score network: `dinof.nets.NCSNpp`'s keyword names (`None`: taken from data / sde / training), or an MLP."
+    "The score network: `dinof.nets.NCSNpp`'s keyword names (`None`: taken from data / sde / training, or auto), or an MLP."
     name: str = _f('ncsnpp', ('ncsnpp', 'mlp'))
     nf: int = _f(128, lo=1)
     ch_mult: tuple = _f((1, 2, 2, 2))
@@ -62,21 +60,21 @@ class ModelConfig:
     attn_resolutions: tuple = _f((16,))
     dropout: float = _f(0.1, lo=0, hi=1)
     resamp_with_conv: bool = _f(True)
-    fir: bool = _f(True)
+    fir: bool | None = _f(None, doc='None: ' + _AUTO)
     fir_kernel: tuple = _f((1, 3, 3, 1))
     skip_rescale: bool = _f(True)
     resblock_type: str = _f('biggan', ('ddpm', 'biggan'))
     progressive: str = _f('none', ('none', 'output_skip', 'residual'))
-    progressive_input: str = _f('residual', ('none', 'input_skip', 'residual'))
+    progressive_input: str = _f('auto', ('auto', 'none', 'input_skip', 'residual'), doc=_AUTO)
     progressive_combine: str = _f('sum', ('sum', 'cat'))
     init_scale: float = _f(0., lo=0)
-    embedding_type: str = _f('fourier', ('fourier', 'positional'))
+    embedding_type: str = _f('auto', ('auto', 'fourier', 'positional'), doc=_AUTO)
     fourier_scale: float = _f(16., lo=0, lo_open=True)
     conditional: bool = _f(True)
     centered: bool | None = _f(None)
     num_channels: int | None = _f(None, (1, 3))
     image_size: int | None = _f(None, lo=1)
-    scale_by_sigma: bool = _f(True)
+    scale_by_sigma: bool | None = _f(None, doc='None: ' + _AUTO)
     nonlinearity: str = _f('swish', ('swish', 'relu', 'elu', 'lrelu'))
     conv_size: int = _f(3, (3,))
     attention_type: str = _f('ddpm', ('ddpm',))
@@ -91,32 +89,38 @@ class ModelConfig:
 @dataclass
 class FlowConfig:
     "The flow prior at t_m (`dinof.flow.build`'s keys; the input shape comes from the data)."
-    type: str = _f('glow', ('glow', 'coupling'))
+    name: str = _f('glow', ('glow', 'coupling'))
     levels: int = _f(3, lo=1)
     depth: int = _f(16, lo=1)
     hidden: int = _f(256, lo=1)
     coupling: str = _f('affine', ('affine', 'additive'))
     split_prior: str = _f('learned', ('learned', 'conditional', 'none'))
     dim: int | None = _f(None, lo=1, doc='coupling flow only; None: the data dimension')
+    checkpoint: bool = _f(False, doc="glow only: recompute each step's activations in the backward pass (activation checkpointing)")
 
 @dataclass
 class TrainingConfig:
-    "The DiNof objective and the training loop (score_sde's `config.training`, plus the loss weights)."
+    "The DiNof objective and the training loop (score_sde's `config.training`, plus the loss weights and the loop's knobs)."
     batch_size: int = _f(128, lo=1)
+    micro_batch_size: int | None = _f(None, lo=1, doc='split each batch into micro-batches of this size, gradients accumulated; must divide batch_size; None: whole batches')
     n_iters: int = _f(1_300_001, lo=1)
     continuous: bool = _f(True)
-    reduce_mean: bool = _f(False, doc='mean over dimensions (VP / sub-VP) instead of 0.5 * sum (VE)')
+    reduce_mean: bool | None = _f(None, doc='mean over dimensions instead of 0.5 * sum; None: ' + _AUTO)
     likelihood_weighting: bool = _f(False)
     w_score: float = _f(1., lo=0)
     w_flow: float = _f(1., lo=0)
     faithful_times: bool = _f(False, doc="the original's t and t_flow formulas (see dinof.losses)")
-    ema_rate: float = _f(0.999, lo=0, hi=1)
-    snapshot_freq: int = _f(50_000, lo=1)
+    ema_rate: float | None = _f(None, lo=0, hi=1, doc='None: ' + _AUTO)
+    ema_warmup: bool = _f(True, doc='EMA decay min(ema_rate, (1 + step) / (10 + step)), so short runs are usable')
+    snapshot_freq: int = _f(50_000, lo=1, doc='a checkpoint every so many steps')
+    snapshot_minutes: float = _f(10., lo=0, lo_open=True, doc='and at least this often in wall time')
+    keep: int = _f(3, lo=1, doc='the last K checkpoints are kept')
     log_freq: int = _f(100, lo=1)
     preview_freq: int = _f(0, lo=0, doc='sample previews every so many steps; 0: never')
     seed: int = _f(42, lo=0)
     num_workers: int = _f(0, lo=0)
-    amp: bool = _f(False)
+    autocast: str = _f('auto', AUTOCAST, doc='auto: bf16 on CUDA devices that support it, off elsewhere (CPU)')
+    compile: bool = _f(False, doc='torch.compile the networks')
     score_checkpoint: str | None = _f(None, doc='start from a pretrained score_sde checkpoint')
 
 @dataclass
@@ -133,17 +137,17 @@ class OptimConfig:
 
 @dataclass
 class SamplingConfig:
-    "How samples are drawn (`dinof.sampling.hybrid_sample`)."
+    "How samples are drawn: the prior at t_m, then `dinof.sampling.hybrid_sample` with these options (`sampling_kwargs()`)."
     prior: str = _f('flow', ('flow', 'gaussian'))
-    method: str = _f('pc', SAMPLING_METHODS)
-    predictor: str = _f('reverse_diffusion', PREDICTORS)
-    corrector: str = _f('langevin', CORRECTORS)
+    temperature: float = _f(1., lo=0, lo_open=True, doc="the prior's temperature")
+    method: str = _f('pc', METHODS)
+    predictor: str = _f('auto', ('auto', *PREDICTORS), doc=_AUTO)
+    corrector: str = _f('auto', ('auto', *CORRECTORS), doc="'none': no corrector; " + _AUTO)
     snr: float = _f(0.16, lo=0, lo_open=True)
-    n_steps_each: int = _f(1, lo=1)
-    noise_removal: bool = _f(True)
-    steps: int | None = _f(None, lo=1, doc='None: N * start from the flow prior, N from the Gaussian')
+    n_steps_each: int = _f(1, lo=1, doc='corrector steps per predictor step')
+    noise_removal: bool = _f(True, doc='a final denoising step at eps')
+    steps: int | None = _f(None, lo=1, doc='None: N t_m / T from the flow prior, N from the Gaussian')
     schedule: str = _f('uniform', SCHEDULES)
-    temperature: float = _f(1., lo=0, lo_open=True)
     batch_size: int = _f(64, lo=1)
 
 @dataclass
@@ -156,13 +160,46 @@ class EvalConfig:
     enable_bpd: bool = _f(False)
     bpd_dataset: str = _f('test', ('train', 'test'))
 
+# %% ../nbs/09_config.ipynb #20bc456b
+def _is_auto(v) -> bool: return v is None or v == 'auto'
+
+def _derived(c) -> dict:
+    "The value of each auto field of config `c`, from its SDE (and training mode, network and dataset): the table above."
+    ve, vp, cont, m = c.sde.type == 'vesde', c.sde.type == 'vpsde', c.training.continuous, c.model
+    emb = ('fourier' if ve and cont else 'positional') if _is_auto(m.embedding_type) else m.embedding_type
+    return {('data', 'centered'): not ve and c.data.dataset != 'toy2d',
+            ('training', 'reduce_mean'): not ve,
+            ('training', 'ema_rate'): 0.999 if ve else 0.9999,
+            ('sampling', 'predictor'): 'reverse_diffusion' if ve else ('ancestral_sampling' if vp and not cont else 'euler_maruyama'),
+            ('sampling', 'corrector'): 'langevin' if ve else 'none',
+            ('model', 'embedding_type'): emb,
+            ('model', 'scale_by_sigma'): ve and (m.name == 'ncsnpp' or emb == 'fourier'),
+            ('model', 'fir'): ve,
+            ('model', 'progressive_input'): 'residual' if ve else 'none'}
+
 # %% ../nbs/09_config.ipynb #d16d544b
 SECTIONS = {'data': DataConfig, 'sde': SDEConfig, 'model': ModelConfig, 'flow': FlowConfig, 'training': TrainingConfig,
             'optim': OptimConfig, 'sampling': SamplingConfig, 'eval': EvalConfig}
 _INHERITED = {'centered': ('data', 'centered'), 'num_channels': ('data', 'num_channels'), 'image_size': ('data', 'image_size'),
               'sigma_min': ('sde', 'sigma_min'), 'sigma_max': ('sde', 'sigma_max'), 'num_scales': ('sde', 'num_scales'),
               'continuous': ('training', 'continuous')}
+_T = 1.   # the end time of every dinof.sde SDE
 
+def _start_to_t_m(v):
+    if not isinstance(v, (int, float)) or isinstance(v, bool): fail('sde.start', f'must be a number (the fraction t_m / T), got {v!r}')
+    return v * _T
+
+# settings renamed since saved configs were written: old (section, key) -> (new key, conversion)
+_RENAMED = {('sde', 'start'): ('t_m', _start_to_t_m), ('flow', 'type'): ('name', lambda v: v),
+            ('training', 'amp'): ('autocast', lambda v: 'auto' if v else 'off')}
+
+def _renamed(sec: str, key: str, v, have: dict):
+    "The new key and value for a renamed setting, with a `DeprecationWarning`; refuses when the new key is also given."
+    new, conv = _RENAMED[sec, key]
+    if new in have: fail(f'{sec}.{key}', f'is the old name of {sec}.{new}, which is also given; drop {sec}.{key}')
+    warnings.warn(f'{sec}.{key} is deprecated: use {sec}.{new}' + (' (a time: t_m = start * T)' if key == 'start' else ''),
+                  DeprecationWarning, stacklevel=4)
+    return new, conv(v)
 
 def _check_value(name: str, f: dataclasses.Field, typ, v):
     "Type and rule of one field."
@@ -197,7 +234,7 @@ def _tuples(cls, d: dict) -> dict:
 
 @dataclass
 class Config:
-    "A complete DiNof configuration: eight sections; `validate()`, JSON round trip, `override`, `model_dict` / `flow_dict`."
+    "A complete DiNof configuration: eight sections; `validate()`, `resolved()`, JSON round trip, `override`, and the builders' keyword arguments."
     data: DataConfig = field(default_factory=DataConfig)
     sde: SDEConfig = field(default_factory=SDEConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -219,26 +256,34 @@ class Config:
         self._check_links()
         return self
 
+    def resolved(self) -> 'Config':
+        "A copy with every auto field set to the value it follows (see *Settings that follow the SDE*)."
+        c = copy.deepcopy(self)
+        for (sec, key), v in _derived(c).items():
+            if _is_auto(getattr(getattr(c, sec), key)): setattr(getattr(c, sec), key, v)
+        return c
+
     def _check_links(self):
-        d, sde, m, fl, tr, sa = self.data, self.sde, self.model, self.flow, self.training, self.sampling
+        r = self.resolved()
+        d, sde, m, fl, tr, sa = r.data, r.sde, r.model, r.flow, r.training, r.sampling
         m_ints = lambda name, v: all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in v) or fail(name, f'must be a list of positive integers, got {v!r}')
         m_ints('model.ch_mult', m.ch_mult); m_ints('model.attn_resolutions', m.attn_resolutions); m_ints('model.fir_kernel', m.fir_kernel)
         if not m.ch_mult: fail('model.ch_mult', 'must not be empty')
-        if not set(self.eval.metrics) <= set(METRICS) or not self.eval.metrics:
-            fail('eval.metrics', f'must be a non-empty list of {", ".join(map(repr, METRICS))}, got {self.eval.metrics!r}')
+        if not set(r.eval.metrics) <= set(METRICS) or not r.eval.metrics:
+            fail('eval.metrics', f'must be a non-empty list of {", ".join(map(repr, METRICS))}, got {r.eval.metrics!r}')
         if sde.sigma_max <= sde.sigma_min: fail('sde.sigma_max', f'must be > sde.sigma_min = {sde.sigma_min}, got {sde.sigma_max}')
         if sde.beta_max <= sde.beta_min: fail('sde.beta_max', f'must be > sde.beta_min = {sde.beta_min}, got {sde.beta_max}')
         for k, (sec, key) in _INHERITED.items():
-            v, src = getattr(m, k), getattr(getattr(self, sec), key)
+            v, src = getattr(self.model, k), getattr(getattr(r, sec), key)
             if v is not None and v != src: fail(f'model.{k}', f'is {v!r} but {sec}.{key} is {src!r}; set it to None to follow {sec}.{key}')
         toy = d.dataset == 'toy2d'
         if toy:
             if m.name != 'mlp': fail('model.name', f"must be 'mlp' for toy2d data, got {m.name!r}")
-            if fl.type != 'coupling': fail('flow.type', f"must be 'coupling' for toy2d data, got {fl.type!r}")
+            if fl.name != 'coupling': fail('flow.name', f"must be 'coupling' for toy2d data, got {fl.name!r}")
             if fl.dim not in (None, 2): fail('flow.dim', f'must be 2 (or None) for toy2d data, got {fl.dim!r}')
         else:
             if m.name != 'ncsnpp': fail('model.name', f"must be 'ncsnpp' for image data, got {m.name!r}")
-            if fl.type != 'glow': fail('flow.type', f"must be 'glow' for image data, got {fl.type!r}")
+            if fl.name != 'glow': fail('flow.name', f"must be 'glow' for image data, got {fl.name!r}")
             if d.dataset in ('fashion_mnist', 'mnist'):
                 if d.num_channels != 1: fail('data.num_channels', f'{d.dataset} has 1 channel, got {d.num_channels}')
                 if d.image_size not in (28, 32): fail('data.image_size', f'{d.dataset} is 28x28, optionally padded to 32: must be 28 or 32, got {d.image_size}')
@@ -247,32 +292,41 @@ class Config:
             down = 2 ** (len(m.ch_mult) - 1)
             if d.image_size % down: fail('data.image_size', f'{d.image_size} is not divisible by 2**(len(model.ch_mult)-1) = {down}')
             if d.image_size % 2 ** fl.levels: fail('flow.levels', f'{fl.levels} squeezes need data.image_size divisible by {2 ** fl.levels}, got {d.image_size}')
+        if fl.checkpoint and fl.name != 'glow': fail('flow.checkpoint', f"only the glow flow checkpoints its steps, not {fl.name!r}")
+        if m.scale_by_sigma and sde.type != 'vesde':
+            fail('model.scale_by_sigma', f"divides by the noise level, which only a 'vesde' network's labels carry; set it to false or None (auto) for {sde.type!r}")
+        if m.embedding_type == 'fourier' and not tr.continuous:
+            fail('model.embedding_type', "'fourier' embeds log(labels), undefined for the discrete labels (which start at 0); use 'positional' or 'auto'")
+        if m.name == 'mlp' and m.scale_by_sigma and m.embedding_type != 'fourier':
+            fail('model.scale_by_sigma', "the MLP divides by its labels, which are noise levels only with embedding_type 'fourier'")
         if not tr.continuous and sde.type == 'subvpsde': fail('training.continuous', "discrete training needs sde.type 'vpsde' (DDPM) or 'vesde' (SMLD), not 'subvpsde'")
         if tr.likelihood_weighting and not tr.continuous: fail('training.likelihood_weighting', 'is only defined for continuous training')
         if tr.w_score == 0 and tr.w_flow == 0: fail('training.w_score', 'training.w_score and training.w_flow are both 0: nothing to train')
+        if tr.micro_batch_size is not None and tr.batch_size % tr.micro_batch_size:
+            fail('training.micro_batch_size', f'must divide training.batch_size = {tr.batch_size}, got {tr.micro_batch_size}')
         eps = 1e-5 if sde.type == 'vesde' else 1e-3
-        if sde.start <= eps: fail('sde.start', f'the cut-off t_m = start * T must exceed eps = {eps:g}, got {sde.start}')
+        if sde.t_m <= eps: fail('sde.t_m', f'the cut-off time must exceed eps = {eps:g} of a {sde.type}, got {sde.t_m}')
         if sa.predictor == 'ancestral_sampling' and sde.type == 'subvpsde': fail('sampling.predictor', "ancestral_sampling supports 'vpsde' and 'vesde', not 'subvpsde'")
 
-    # -- dicts for the builders --
+    # -- keyword arguments for the builders (auto fields resolved) --
     def model_dict(self) -> dict:
-        "Keyword arguments for `dinof.nets.build`: `{'name': ..., **constructor arguments}`, inherited fields filled in."
-        m = self.model
+        "Keyword arguments for `dinof.nets.build`: `{'name': ..., **constructor arguments}`, inherited and auto fields filled in."
+        r = self.resolved(); m = r.model
         if m.name == 'mlp':
             return dict(name='mlp', dim=2, hidden=m.hidden, depth=m.depth, embedding_type=m.embedding_type, embed_dim=m.embed_dim,
                         fourier_scale=m.fourier_scale, scale_by_sigma=m.scale_by_sigma, nonlinearity=m.nonlinearity)
         out = {f.name: getattr(m, f.name) for f in dataclasses.fields(ModelConfig) if f.name not in ('hidden', 'depth', 'embed_dim')}
         for k, (sec, key) in _INHERITED.items():
-            if out[k] is None: out[k] = getattr(getattr(self, sec), key)
+            if out[k] is None: out[k] = getattr(getattr(r, sec), key)
         return out
 
     def flow_dict(self) -> dict:
-        "Keyword arguments for `dinof.flow.build`: `{'type': 'glow', 'in_shape': ..., ...}` or `{'type': 'coupling', 'dim': ...}`."
+        "Keyword arguments for `dinof.flow.build`: `{'name': 'glow', 'in_shape': ..., ...}` or `{'name': 'coupling', 'dim': ...}`."
         f, d = self.flow, self.data
-        if f.type == 'coupling':
-            return dict(type='coupling', dim=f.dim or (2 if d.dataset == 'toy2d' else d.num_channels * d.image_size ** 2), depth=f.depth, hidden=f.hidden)
-        return dict(type='glow', in_shape=(d.num_channels, d.image_size, d.image_size), levels=f.levels, depth=f.depth,
-                    hidden=f.hidden, coupling=f.coupling, split_prior=f.split_prior)
+        if f.name == 'coupling':
+            return dict(name='coupling', dim=f.dim or (2 if d.dataset == 'toy2d' else d.num_channels * d.image_size ** 2), depth=f.depth, hidden=f.hidden)
+        return dict(name='glow', in_shape=(d.num_channels, d.image_size, d.image_size), levels=f.levels, depth=f.depth,
+                    hidden=f.hidden, coupling=f.coupling, split_prior=f.split_prior, checkpoint=f.checkpoint)
 
     def build_sde(self):
         "The forward SDE of the `sde` section (`dinof.sde.VESDE` / `VPSDE` / `SubVPSDE`)."
@@ -282,9 +336,15 @@ class Config:
 
     def loss_kwargs(self) -> dict:
         "Keyword arguments for `dinof.losses.DiNofLoss(sde, **kwargs)`."
-        t = self.training
-        return dict(start=self.sde.start, continuous=t.continuous, reduce_mean=t.reduce_mean, likelihood_weighting=t.likelihood_weighting,
+        t = self.resolved().training
+        return dict(t_m=self.sde.t_m, continuous=t.continuous, reduce_mean=t.reduce_mean, likelihood_weighting=t.likelihood_weighting,
                     w_score=t.w_score, w_flow=t.w_flow, faithful=t.faithful_times)
+
+    def sampling_kwargs(self) -> dict:
+        "Keyword arguments for `dinof.sampling.hybrid_sample(prior, sde, score_fn, n, **kwargs)` (`prior`, `temperature` are the prior's)."
+        s = self.resolved().sampling
+        return dict(method=s.method, steps=s.steps, predictor=s.predictor, corrector=s.corrector, snr=s.snr,
+                    n_steps_each=s.n_steps_each, noise_removal=s.noise_removal, schedule=s.schedule)
 
     def dataset_kwargs(self) -> dict:
         "Keyword arguments for `dinof.data.get_dataset` (add `split=`)."
@@ -300,14 +360,14 @@ class Config:
 
     # -- JSON --
     def to_dict(self) -> dict:
-        "Plain nested dict (JSON-ready: tuples become lists)."
+        "Plain nested dict (JSON-ready: tuples become lists); auto fields stay auto."
         conv = lambda v: list(v) if isinstance(v, tuple) else v
         out = {sec: {k: conv(v) for k, v in dataclasses.asdict(getattr(self, sec)).items()} for sec in SECTIONS}
         return {'name': self.name, **out}
 
     @classmethod
     def from_dict(cls, d: dict, validate: bool = True) -> 'Config':
-        "The inverse of `to_dict`; unknown sections or keys raise `ValueError` naming them."
+        "The inverse of `to_dict`; unknown sections or keys raise `ValueError` naming them; renamed keys are converted with a `DeprecationWarning`."
         if not isinstance(d, dict): fail('config', f'must be a JSON object, got {type(d).__name__}')
         unknown = sorted(set(d) - set(SECTIONS) - {'name'})
         if unknown: fail(unknown[0], f'is not a config section; sections: {", ".join(SECTIONS)}')
@@ -315,6 +375,9 @@ class Config:
         for sec, scls in SECTIONS.items():
             s = d.get(sec, {})
             if not isinstance(s, dict): fail(sec, f'must be an object of settings, got {s!r}')
+            s = dict(s)
+            for old in [k for k in s if (sec, k) in _RENAMED]:
+                new, v = _renamed(sec, old, s.pop(old), s); s[new] = v
             names = {f.name for f in dataclasses.fields(scls)}
             bad = sorted(set(s) - names)
             if bad: fail(f'{sec}.{bad[0]}', f'is not a setting of {sec}; allowed: {", ".join(sorted(names))}')
@@ -351,6 +414,8 @@ class Config:
             if len(parts) != 2: fail('override', f"{key!r} must be section.key, e.g. training.batch_size")
             sec, k = parts
             if sec not in SECTIONS: fail(key, f'{sec!r} is not a config section; sections: {", ".join(SECTIONS)}')
+            if (sec, k) in _RENAMED:
+                k, v = _renamed(sec, k, _parse(val.strip(), object), {}); d[sec][k] = v; continue
             fields = {f.name: f for f in dataclasses.fields(SECTIONS[sec])}
             if k not in fields: fail(key, f'is not a setting of {sec}; allowed: {", ".join(sorted(fields))}')
             d[sec][k] = _parse(val.strip(), typing.get_type_hints(SECTIONS[sec])[k])
@@ -359,7 +424,7 @@ class Config:
 def _parse(s: str, typ):
     "A command-line value: JSON (numbers, true/false, null, lists), Python-style True/False/None and tuples, else a string."
     base = next((a for a in typing.get_args(typ) if a is not type(None)), typ)
-    if s in ('None', 'none', 'null'): return None
+    if s in ('None', 'none', 'null'): return s if s == 'none' and typ is str else None   # 'none' is also a choice (corrector, progressive)
     if s in ('True', 'False'): return s == 'True'
     if s.startswith('(') and s.endswith(')'): s = '[' + s[1:-1].rstrip(', ') + ']'
     def one(x):
@@ -372,26 +437,23 @@ def _parse(s: str, typ):
 
 # %% ../nbs/09_config.ipynb #58a3f46e
 def _paper(sde: str, continuous: bool, **model) -> Config:
-    ve = sde == 'vesde'
-    ncsnpp = dict(fir=True, progressive_input='residual', scale_by_sigma=True, embedding_type='fourier' if continuous else 'positional')
-    ddpmpp = dict(fir=False, progressive_input='none', scale_by_sigma=False, embedding_type='positional')
-    pred = 'reverse_diffusion' if ve else ('euler_maruyama' if continuous else 'ancestral_sampling')
     return Config(
-        data=DataConfig(dataset='cifar10', image_size=32, num_channels=3, centered=not ve, random_flip=True),
-        sde=SDEConfig(type=sde, sigma_min=0.01, sigma_max=50., beta_min=0.1, beta_max=20., num_scales=1000, start=0.6),
-        model=ModelConfig(**{**(ncsnpp if ve else ddpmpp), **model}),
-        flow=FlowConfig(type='glow', levels=3, depth=16, hidden=256, coupling='affine', split_prior='learned'),
-        training=TrainingConfig(batch_size=128, n_iters=1_300_001, continuous=continuous, reduce_mean=not ve,
-                                ema_rate=0.999 if ve else 0.9999, snapshot_freq=50_000, log_freq=100),
+        data=DataConfig(dataset='cifar10', image_size=32, num_channels=3, random_flip=True),
+        sde=SDEConfig(type=sde, sigma_min=0.01, sigma_max=50., beta_min=0.1, beta_max=20., num_scales=1000, t_m=0.6),
+        model=ModelConfig(**model),
+        flow=FlowConfig(name='glow', levels=3, depth=16, hidden=256, coupling='affine', split_prior='learned'),
+        training=TrainingConfig(batch_size=128, n_iters=1_300_001, continuous=continuous, snapshot_freq=50_000, log_freq=100),
         optim=OptimConfig(lr=2e-4, beta1=0.9, beta2=0.999, eps=1e-8, warmup=5000, grad_clip=1.),
-        sampling=SamplingConfig(prior='flow', method='pc', predictor=pred, corrector='langevin' if ve else 'none', snr=0.16),
+        sampling=SamplingConfig(prior='flow', method='pc', snr=0.16),
         eval=EvalConfig(num_samples=50_000, batch_size=1024))
 
 def _celebahq() -> Config:
     c = _paper('vesde', True, ch_mult=(1, 1, 2, 2, 2, 2, 2), num_res_blocks=2, progressive='output_skip', progressive_input='input_skip')
-    c.data = DataConfig(dataset='celebahq', image_size=256, num_channels=3, centered=False, random_flip=True)
+    c.data = DataConfig(dataset='celebahq', image_size=256, num_channels=3, random_flip=True)
     c.sde.sigma_max = 348.
     c.sampling.snr = 0.17
+    c.flow.checkpoint = True
+    c.training.micro_batch_size = 16     # ~3.05 GiB of activations per sample: 16 fit one 80 GB GPU (see above)
     return c
 
 def _deep() -> Config:
@@ -401,27 +463,26 @@ def _deep() -> Config:
 
 def _toy2d() -> Config:
     return Config(
-        data=DataConfig(dataset='toy2d', density='8gaussians', centered=False, random_flip=False),
-        sde=SDEConfig(type='vpsde', num_scales=1000, start=0.6),
-        model=ModelConfig(name='mlp', hidden=128, depth=3, embed_dim=64, embedding_type='positional', scale_by_sigma=False),
-        flow=FlowConfig(type='coupling', depth=8, hidden=64, dim=2),
-        training=TrainingConfig(batch_size=512, n_iters=3000, continuous=True, reduce_mean=True, ema_rate=0.999,
-                                snapshot_freq=1000, log_freq=100, num_workers=0),
+        data=DataConfig(dataset='toy2d', density='8gaussians', random_flip=False),
+        sde=SDEConfig(type='vpsde', num_scales=1000, t_m=0.6),
+        model=ModelConfig(name='mlp', hidden=128, depth=3, embed_dim=64),
+        flow=FlowConfig(name='coupling', depth=8, hidden=64, dim=2),
+        training=TrainingConfig(batch_size=512, n_iters=3000, continuous=True, ema_rate=0.999,
+                                snapshot_freq=500, snapshot_minutes=0.4, log_freq=100, num_workers=0),
         optim=OptimConfig(lr=1e-3, warmup=100, grad_clip=1.),
-        sampling=SamplingConfig(prior='flow', method='pc', predictor='euler_maruyama', corrector='none', steps=100, batch_size=1000),
+        sampling=SamplingConfig(prior='flow', method='pc', steps=100, batch_size=1000),
         eval=EvalConfig(num_samples=5000, batch_size=1000, metrics=('kid',)))
 
 def _fmnist_small() -> Config:
     return Config(
-        data=DataConfig(dataset='fashion_mnist', image_size=32, num_channels=1, centered=True, random_flip=False),
-        sde=SDEConfig(type='vpsde', num_scales=1000, start=0.6),
-        model=ModelConfig(nf=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1, fir=False,
-                          progressive_input='none', scale_by_sigma=False, embedding_type='positional'),
-        flow=FlowConfig(type='glow', levels=3, depth=4, hidden=64),
-        training=TrainingConfig(batch_size=64, n_iters=1000, continuous=True, reduce_mean=True, ema_rate=0.999,
+        data=DataConfig(dataset='fashion_mnist', image_size=32, num_channels=1, random_flip=False),
+        sde=SDEConfig(type='vpsde', num_scales=1000, t_m=0.6),
+        model=ModelConfig(nf=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1),
+        flow=FlowConfig(name='glow', levels=3, depth=4, hidden=64),
+        training=TrainingConfig(batch_size=64, n_iters=1000, continuous=True, ema_rate=0.999,
                                 snapshot_freq=500, log_freq=50, num_workers=0),
         optim=OptimConfig(lr=5e-4, warmup=100, grad_clip=1.),
-        sampling=SamplingConfig(prior='flow', method='pc', predictor='euler_maruyama', corrector='none', steps=100, batch_size=64),
+        sampling=SamplingConfig(prior='flow', method='pc', steps=100, batch_size=64),
         eval=EvalConfig(num_samples=1000, batch_size=250, metrics=('fid', 'kid')))
 
 _PRESETS = {

@@ -11,7 +11,7 @@ import torch
 
 # %% auto #0
 __all__ = ['get_device', 'seed_everything', 'PerSampleGenerator', 'randn', 'rand', 'randn_like', 'scale_data', 'unscale_data',
-           'to_uint8', 'bits_per_dim', 'bpd_offset', 'uniform_dequantize', 'fail', 'check', 'is_int', 'bcast']
+           'to_uint8', 'log_prob_to_bpd', 'bpd_offset', 'uniform_dequantize', 'fail', 'check', 'is_int', 'bcast']
 
 # %% ../nbs/00_core.ipynb #b49c4421
 def get_device(device: str | torch.device | None = None) -> torch.device:
@@ -35,13 +35,13 @@ def seed_everything(seed: int) -> int:
 
 # %% ../nbs/00_core.ipynb #f6f8528e
 class PerSampleGenerator:
-    "One `torch.Generator` per sample: sample `i`'s random numbers depend on `seeds[i]` alone, not on the batch."
-    def __init__(self, seeds: Sequence[int] | torch.Tensor, device: str | torch.device = 'cpu'):
+    "One CPU `torch.Generator` per sample: sample `i`'s random numbers depend on `seeds[i]` alone, not on the batch or the device."
+    def __init__(self, seeds: Sequence[int] | torch.Tensor):
         seeds = [int(s) for s in (seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds)]
         if not seeds: raise ValueError('seeds: needs at least one seed')
         if any(not 0 <= s < 2**63 for s in seeds): raise ValueError('seeds: every seed must be an integer in [0, 2**63)')
-        self.seeds, self.device = seeds, torch.device(device)
-        self.generators = [torch.Generator(self.device).manual_seed(s) for s in seeds]
+        self.seeds = seeds
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]   # always the CPU: see the text
 
     def __len__(self): return len(self.generators)
     def __repr__(self): return f'PerSampleGenerator(n={len(self)}, seeds={self.seeds[:3]}{"..." if len(self) > 3 else ""})'
@@ -50,11 +50,11 @@ class PerSampleGenerator:
         shape = tuple(shape)
         if not shape or shape[0] != len(self):
             raise ValueError(f'shape: the batch dimension {shape[:1]} must equal the number of seeds ({len(self)})')
-        out = torch.stack([fn(shape[1:], generator=g, device=self.device, dtype=dtype, **kw) for g in self.generators])
-        return out.to(device if device is not None else self.device)
+        out = torch.stack([fn(shape[1:], generator=g, dtype=dtype, **kw) for g in self.generators])
+        return out if device is None else out.to(device)
 
     def randn(self, shape, dtype=torch.float32, device=None):
-        "Standard normal draws of `shape` (`shape[0]` = number of seeds)."
+        "Standard normal draws of `shape` (`shape[0]` = number of seeds), made on the CPU and moved to `device`."
         return self._draw(torch.randn, shape, dtype, device)
     def rand(self, shape, dtype=torch.float32, device=None):
         "Uniform `[0, 1)` draws of `shape`."
@@ -74,15 +74,15 @@ def _draw(kind: str, shape, generator, device, dtype) -> torch.Tensor:
     # a torch.Generator draws on its own device; move afterwards so a CPU generator can seed GPU work
     return fn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
-def randn(shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
+def randn(shape, *, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
     "Standard normal noise of `shape` on `device` from `generator` (`None`, a `torch.Generator` or a `PerSampleGenerator`)."
     return _draw('randn', shape, generator, device, dtype)
 
-def rand(shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
+def rand(shape, *, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
     "Uniform `[0, 1)` noise of `shape`, from `generator` as in `randn`."
     return _draw('rand', shape, generator, device, dtype)
 
-def randn_like(x: torch.Tensor, generator=None) -> torch.Tensor:
+def randn_like(x: torch.Tensor, *, generator=None) -> torch.Tensor:
     "Standard normal noise shaped like `x` (same device and dtype); with a `PerSampleGenerator`, row `i` depends on seed `i` only."
     return randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
@@ -100,7 +100,7 @@ def to_uint8(x: torch.Tensor, centered: bool = False) -> torch.Tensor:
     return (unscale_data(x, centered).clamp(0, 1) * 255).round().to(torch.uint8)
 
 # %% ../nbs/00_core.ipynb #5e0e0121
-def bits_per_dim(log_prob: torch.Tensor, shape, offset: float = 0.) -> torch.Tensor:
+def log_prob_to_bpd(log_prob: torch.Tensor, shape, offset: float = 0.) -> torch.Tensor:
     "Negative log-likelihood `log_prob` (nats, `[B]`) in bits per dimension of a sample of `shape` (or `D` dims), plus `offset`."
     D = shape if isinstance(shape, int) else int(np.prod(tuple(shape)))
     if D < 1: raise ValueError(f'shape: needs at least one dimension, got {shape!r}')
@@ -110,7 +110,7 @@ def bpd_offset(centered: bool, levels: int = 256) -> float:
     "Bits/dim offset for `levels`-level images dequantised into `[0,1]` (8 for 256 levels) or centred `[-1,1]` (7)."
     return math.log2(levels) - (1. if centered else 0.)
 
-def uniform_dequantize(x: torch.Tensor, generator=None, levels: int = 256) -> torch.Tensor:
+def uniform_dequantize(x: torch.Tensor, *, generator=None, levels: int = 256) -> torch.Tensor:
     "Images `k/(levels-1)` in `[0, 1]` -> `(k + u)/levels`, `u ~ U[0, 1)` (score_sde's uniform dequantisation)."
     u = rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return (x * (levels - 1) + u) / levels

@@ -9,10 +9,11 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import randn, bits_per_dim, bpd_offset, uniform_dequantize, fail, is_int
+from torch.utils.checkpoint import checkpoint as _checkpoint
+from .core import randn, log_prob_to_bpd, bpd_offset, uniform_dequantize, fail, is_int
 
 # %% auto #0
-__all__ = ['std_normal_logp', 'ActNorm', 'InvConv1x1', 'Coupling', 'Squeeze', 'Gaussian', 'Split', 'GlowStep', 'Glow',
+__all__ = ['PRESETS', 'std_normal_logp', 'ActNorm', 'InvConv1x1', 'Coupling', 'Squeeze', 'Gaussian', 'Split', 'GlowStep', 'Glow',
            'from_normflows', 'Reverse', 'CouplingFlow', 'preset', 'build', 'count_params']
 
 # %% ../nbs/02_flow.ipynb #b1634aad
@@ -253,13 +254,13 @@ class _Flow(nn.Module):
         z, ld = self.encode(x)
         return std_normal_logp(z.to(_acc(z.dtype))) + ld.to(_acc(ld.dtype))
 
-    def sample(self, n: int, temperature: float = 1., generator=None) -> torch.Tensor:
-        "`decode(temperature * randn((n, dim), generator))`; `generator` may be a `torch.Generator` or a `PerSampleGenerator`."
+    def sample(self, n: int, temperature: float = 1., *, generator=None) -> torch.Tensor:
+        "`decode(temperature * randn((n, latent_dim), generator=generator))`; `generator`: a `torch.Generator` or a `PerSampleGenerator`."
         if not is_int(n, 1): fail('n', f'must be an integer >= 1, got {n!r}')
         if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
             fail('temperature', f'must be a number > 0, got {temperature!r}')
         p = next(self.parameters())
-        return self.decode(temperature * randn((n, self.dim), generator, device=p.device, dtype=p.dtype))
+        return self.decode(temperature * randn((n, self.latent_dim), generator=generator, device=p.device, dtype=p.dtype))
 
     @torch.no_grad()
     def initialize(self, batch: torch.Tensor):
@@ -274,8 +275,8 @@ class _Flow(nn.Module):
             fail('x', f'expected a tensor of shape [B, {", ".join(map(str, self.in_shape))}], got {list(getattr(x, "shape", [type(x).__name__]))}')
 
     def _check_z(self, z):
-        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.dim:
-            fail('z', f'expected a tensor of shape [B, {self.dim}], got {list(getattr(z, "shape", [type(z).__name__]))}')
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.latent_dim:
+            fail('z', f'expected a tensor of shape [B, {self.latent_dim}], got {list(getattr(z, "shape", [type(z).__name__]))}')
 
 # %% ../nbs/02_flow.ipynb #5b541fb4
 _COUPLINGS, _SPLIT_PRIORS = ('affine', 'additive'), ('learned', 'conditional', 'none')
@@ -283,9 +284,10 @@ _COUPLINGS, _SPLIT_PRIORS = ('affine', 'additive'), ('learned', 'conditional', '
 class Glow(_Flow):
     """Multi-scale Glow (Kingma & Dhariwal 2018) as DiNof builds it: `levels` x (squeeze, `depth` steps, split), the last
     level without a split. `coupling`: 'affine' (paper) or 'additive'; `split_prior`: 'learned' (paper; also the top
-    level's base), 'conditional' (Glow's split prior) or 'none'."""
+    level's base), 'conditional' (Glow's split prior) or 'none'. `checkpoint=True` recomputes each step's activations in
+    the backward pass instead of storing them (same results, far less memory)."""
     def __init__(self, in_shape: Sequence[int] = (3, 32, 32), levels: int = 3, depth: int = 16, hidden: int = 256,
-                 coupling: str = 'affine', split_prior: str = 'learned'):
+                 coupling: str = 'affine', split_prior: str = 'learned', checkpoint: bool = False):
         super().__init__()
         if not (isinstance(in_shape, (tuple, list)) and len(in_shape) == 3 and all(is_int(s, 1) for s in in_shape)):
             fail('in_shape', f'must be three positive integers (C, H, W), got {in_shape!r}')
@@ -293,10 +295,12 @@ class Glow(_Flow):
             if not is_int(v, 1): fail(name, f'must be an integer >= 1, got {v!r}')
         if coupling not in _COUPLINGS: fail('coupling', f'must be one of {_COUPLINGS}, got {coupling!r}')
         if split_prior not in _SPLIT_PRIORS: fail('split_prior', f'must be one of {_SPLIT_PRIORS}, got {split_prior!r}')
+        if not isinstance(checkpoint, bool): fail('checkpoint', f'must be True or False, got {checkpoint!r}')
         c, h, w = in_shape
         for s in (h, w):
             if s % 2 ** levels: fail('in_shape', f'spatial size {s} cannot be squeezed {levels} times (levels={levels}): it must be divisible by {2 ** levels}')
         self.in_shape, self.config = tuple(in_shape), dict(levels=levels, depth=depth, hidden=hidden, coupling=coupling, split_prior=split_prior)
+        self.checkpoint = checkpoint
         self.squeeze, self.steps, self.splits, shapes = Squeeze(), nn.ModuleList(), nn.ModuleList(), []
         for l in range(levels):
             c, h, w = 4 * c, h // 2, w // 2
@@ -306,7 +310,7 @@ class Glow(_Flow):
         self.top = Gaussian(c) if split_prior != 'none' else None
         shapes.append((c, h, w))
         self.latent_shapes = shapes[::-1]                       # coarsest first: [48,4,4], [12,8,8], [6,16,16] for 3x32x32
-        self.dim = math.prod(self.in_shape)
+        self.latent_dim = math.prod(self.in_shape)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         "Data `x` `[B, C, H, W]` -> standard-normal latent `z` `[B, D]` (coarsest level first) and $\\log|\\det \\partial z/\\partial x|$ `[B]`."
@@ -315,7 +319,7 @@ class Glow(_Flow):
         for l, steps in enumerate(self.steps):
             x = self.squeeze.encode(x)[0].contiguous(memory_format=_MF)
             for step in steps:
-                x, d = step.encode(x); ld = ld + d
+                x, d = self._step(step, x); ld = ld + d
             if l < len(self.splits):
                 x, z, d = self.splits[l].encode(x); zs.append(z); ld = ld + d
         if self.top is not None:
@@ -323,6 +327,12 @@ class Glow(_Flow):
             x, ld = (x - mu) * (-logsig).exp(), ld - logsig.sum() * _npos(x)
         zs.append(x)
         return torch.cat([z.flatten(1) for z in reversed(zs)], 1), ld
+
+    def _step(self, step: GlowStep, x):
+        # recompute in the backward pass; never the first call, whose ActNorm initialisation must run exactly once
+        if self.checkpoint and torch.is_grad_enabled() and step.actnorm.ready():
+            return _checkpoint(step.encode, x, use_reentrant=False, preserve_rng_state=False)   # the steps draw no random numbers
+        return step.encode(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         "Latent `z` `[B, D]` -> data `[B, C, H, W]`, the exact inverse of `encode`."
@@ -377,7 +387,7 @@ class CouplingFlow(_Flow):
         if not is_int(dim, 2): fail('dim', f'must be an integer >= 2 (a coupling needs two halves), got {dim!r}')
         for name, v in (('depth', depth), ('hidden', hidden)):
             if not is_int(v, 1): fail(name, f'must be an integer >= 1, got {v!r}')
-        self.dim, self.in_shape, self.config = dim, (dim,), dict(dim=dim, depth=depth, hidden=hidden)
+        self.in_shape, self.latent_dim, self.config = (dim,), dim, dict(dim=dim, depth=depth, hidden=hidden)
         ca, cb = (dim + 1) // 2, dim // 2
         self.layers = nn.ModuleList()
         for _ in range(depth):
@@ -397,28 +407,30 @@ class CouplingFlow(_Flow):
 
 # %% ../nbs/02_flow.ipynb #acea16a0
 _PRESETS = {
-    'glow_cifar10':      dict(type='glow', in_shape=(3, 32, 32), levels=3, depth=16, hidden=256, coupling='affine', split_prior='learned'),
-    'glow_celebahq_256': dict(type='glow', in_shape=(3, 256, 256), levels=3, depth=16, hidden=256, coupling='affine', split_prior='learned'),
-    'glow_fmnist_small': dict(type='glow', in_shape=(1, 32, 32), levels=3, depth=4, hidden=64, coupling='affine', split_prior='learned'),
-    'glow_tiny':         dict(type='glow', in_shape=(1, 8, 8), levels=2, depth=2, hidden=16, coupling='affine', split_prior='learned'),
-    'coupling_toy2d':    dict(type='coupling', dim=2, depth=8, hidden=64),
+    'glow_cifar10':      dict(name='glow', in_shape=(3, 32, 32), levels=3, depth=16, hidden=256, coupling='affine', split_prior='learned'),
+    'glow_celebahq_256': dict(name='glow', in_shape=(3, 256, 256), levels=3, depth=16, hidden=256, coupling='affine', split_prior='learned'),
+    'glow_fmnist_small': dict(name='glow', in_shape=(1, 32, 32), levels=3, depth=4, hidden=64, coupling='affine', split_prior='learned'),
+    'glow_tiny':         dict(name='glow', in_shape=(1, 8, 8), levels=2, depth=2, hidden=16, coupling='affine', split_prior='learned'),
+    'coupling_toy2d':    dict(name='coupling', dim=2, depth=8, hidden=64),
 }
-_TYPES = {'glow': Glow, 'coupling': CouplingFlow}
+PRESETS = tuple(_PRESETS)
+_FLOWS = {'glow': Glow, 'coupling': CouplingFlow}
 
 def preset(name: str) -> dict:
-    "The constructor arguments of preset `name` (with its `'type'`), a fresh dict you may edit."
-    if name not in _PRESETS: fail('name', f'unknown flow preset {name!r}; known: {", ".join(_PRESETS)}')
+    "The constructor arguments of preset `name` with the kind of flow under `'name'`, a fresh dict you may edit."
+    if name not in _PRESETS: fail('name', f'unknown flow preset {name!r}; known: {", ".join(PRESETS)}')
     return dict(_PRESETS[name])
 
-def build(spec: str | dict) -> nn.Module:
-    "A flow from a preset name or a dict `{'type': 'glow' | 'coupling', **constructor kwargs}`."
-    cfg = preset(spec) if isinstance(spec, str) else dict(spec)
-    kind = cfg.pop('type', None)
-    if kind not in _TYPES: fail('type', f"must be 'glow' or 'coupling', got {kind!r}")
-    known = set(inspect.signature(_TYPES[kind]).parameters)
-    if set(cfg) - known: fail('spec', f'unknown {kind} flow arguments {sorted(set(cfg) - known)}; known: {sorted(known)}')
+def build(name_or_dict: str | dict) -> nn.Module:
+    "A flow from a preset name or a dict `{'name': 'glow' | 'coupling', **constructor kwargs}`."
+    cfg = preset(name_or_dict) if isinstance(name_or_dict, str) else dict(name_or_dict)
+    if 'type' in cfg and 'name' not in cfg: fail('name', "missing: flow dicts are keyed on 'name' ('glow' or 'coupling'), no longer 'type'")
+    kind = cfg.pop('name', None)
+    if kind not in _FLOWS: fail('name', f"must be 'glow' or 'coupling', got {kind!r}")
+    known = set(inspect.signature(_FLOWS[kind]).parameters)
+    if set(cfg) - known: fail('name_or_dict', f'unknown {kind} flow arguments {sorted(set(cfg) - known)}; known: {sorted(known)}')
     if kind == 'glow' and 'in_shape' in cfg: cfg['in_shape'] = tuple(cfg['in_shape'])   # JSON gives lists
-    return _TYPES[kind](**cfg)
+    return _FLOWS[kind](**cfg)
 
 def count_params(flow: nn.Module, effective: bool = False) -> int:
     "Number of parameters; `effective=True` leaves out the masked-out halves of the full LU matrices ($C(C+1)$ per 1x1 conv)."

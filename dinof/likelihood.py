@@ -8,9 +8,8 @@ import math
 from typing import Callable
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
-from .core import PerSampleGenerator, bits_per_dim as _bpd
-from .sampling import pf_drift, sample_seeds, _module_place, _tvec
+from .core import PerSampleGenerator, log_prob_to_bpd
+from .sampling import pf_drift, sample_seeds, _module_place, _rk45, _tvec
 
 # %% auto #0
 __all__ = ['TRACES', 'divergence_exact', 'divergence_hutchinson', 'log_likelihood', 'bits_per_dim']
@@ -51,8 +50,8 @@ class _AugmentedODE:
 def _validate(x, prior, sde, trace, rtol, atol):
     if trace not in TRACES: raise ValueError(f'trace: {trace!r} is unknown; valid: {", ".join(TRACES)}')
     if not callable(getattr(prior, 'log_prob', None)): raise ValueError('prior: needs a log_prob(x) method (a flow with log_prob)')
-    t1 = prior.t_start
-    if not sde.eps < t1 <= sde.T: raise ValueError(f't_m: the prior starts at t = {t1:g}, outside (eps, T] = ({sde.eps:g}, {sde.T:g}]')
+    t_m = prior.t_m
+    if not sde.eps < t_m <= sde.T: raise ValueError(f't_m: the prior starts at t = {t_m:g}, outside (eps, T] = ({sde.eps:g}, {sde.T:g}]')
     shape = getattr(prior, 'shape', None)
     if x.dim() < 2 or (shape is not None and tuple(x.shape[1:]) != tuple(shape)):
         raise ValueError(f'x: expected a batch of shape [B, {", ".join(map(str, shape or ("...",)))}], got {list(x.shape)}')
@@ -60,19 +59,18 @@ def _validate(x, prior, sde, trace, rtol, atol):
 
 def log_likelihood(x: torch.Tensor, prior, sde, score_fn: Callable, trace: str = 'rademacher', rtol: float = 1e-5,
                    atol: float = 1e-5, seed: int = 0, first: int = 0, return_nfe: bool = False):
-    "Log-density (nats, `[B]`) of `x`, taken as $x(\\epsilon)$, under the ODE from `sde.eps` to `prior.t_start` plus `prior.log_prob`."
+    "Log-density (nats, `[B]`) of `x`, taken as $x(\\epsilon)$, under the ODE from `sde.eps` to `prior.t_m` plus `prior.log_prob`."
     _validate(x, prior, sde, trace, rtol, atol)
     probe = None
-    if trace != 'exact':
-        gen = PerSampleGenerator(sample_seeds(seed, x.shape[0], first), device=x.device)
+    if trace != 'exact':   # CPU streams, moved to x's device: the same probes on every device
+        gen = PerSampleGenerator(sample_seeds(seed, x.shape[0], first))
         probe = (gen.rademacher if trace == 'rademacher' else gen.randn)(x.shape, dtype=x.dtype, device=x.device)
     fun = _AugmentedODE(sde, score_fn, x.detach(), probe)
     y0 = np.concatenate([x.detach().flatten().double().cpu().numpy(), np.zeros(x.shape[0])])
-    sol = solve_ivp(fun, (sde.eps, prior.t_start), y0, method='RK45', rtol=rtol, atol=atol)
-    if not sol.success: raise RuntimeError(f'log_likelihood: the ODE solver failed ({sol.message})')
+    y = _rk45(fun, sde.eps, prior.t_m, y0, rtol, atol, name='log_likelihood')   # the end point only, no stored steps
     B = x.shape[0]
-    z = torch.from_numpy(sol.y[:-B, -1]).reshape(x.shape)
-    delta = torch.from_numpy(sol.y[-B:, -1]).to(x.device)
+    z = torch.from_numpy(y[:-B]).reshape(x.shape)
+    delta = torch.from_numpy(y[-B:]).to(x.device)
     dev, dt = _module_place(getattr(prior, 'flow', None))
     if not hasattr(prior, 'flow'): dev, dt = x.device, x.dtype
     with torch.no_grad(): prior_logp = prior.log_prob(z.to(dev, dt)).to(x.device, torch.float64)
@@ -81,4 +79,4 @@ def log_likelihood(x: torch.Tensor, prior, sde, score_fn: Callable, trace: str =
 
 def bits_per_dim(x: torch.Tensor, prior, sde, score_fn: Callable, offset: float = 0., **kwargs) -> torch.Tensor:
     "Bits per dimension `-log_likelihood / (D ln 2) + offset` (`[B]`); `kwargs` as `log_likelihood`."
-    return _bpd(log_likelihood(x, prior, sde, score_fn, **kwargs), x.shape[1:], offset)
+    return log_prob_to_bpd(log_likelihood(x, prior, sde, score_fn, **kwargs), x.shape[1:], offset)

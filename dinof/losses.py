@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 import torch
-from .core import PerSampleGenerator, bcast, bits_per_dim, check, rand, randn_like
+from .core import PerSampleGenerator, bcast, log_prob_to_bpd, check, rand, randn_like
 from .sde import SDE, VESDE, VPSDE, SubVPSDE
 
 # %% auto #0
@@ -16,31 +16,31 @@ __all__ = ['sample_times', 'flow_time', 'dsm_loss', 'discrete_levels', 'ddpm_los
            'LossOutput', 'DiNofLoss']
 
 # %% ../nbs/05_losses.ipynb #fb4f8baa
-def sample_times(sde: SDE, n: int, start: float = 1., faithful: bool = False, generator=None, device=None,
+def sample_times(sde: SDE, n: int, t_m: float | None = None, *, faithful: bool = False, generator=None, device=None,
                  dtype=torch.float32) -> torch.Tensor:
-    "Training times `[n]`: uniform on `[eps, t_m]` (`t_m = start T`), or the original's `(U (T - eps) + eps) start` if `faithful`."
-    t_m = sde.cutoff(start)
+    "Training times `[n]`: uniform on `[eps, t_m]` (`t_m=None`: `T`), or the original's `(U (T - eps) + eps) t_m / T` if `faithful`."
+    t_m = sde.cutoff(sde.T if t_m is None else t_m)
     u = rand((n,), generator=generator, device=device, dtype=dtype)
-    t = (u * (sde.T - sde.eps) + sde.eps) * start if faithful else u * (t_m - sde.eps) + sde.eps
+    t = (u * (sde.T - sde.eps) + sde.eps) * (t_m / sde.T) if faithful else u * (t_m - sde.eps) + sde.eps
     return t.clamp_(max=t_m)   # rounding must not carry u < 1 past t_m
 
-def flow_time(sde: SDE, start: float = 0.6, faithful: bool = False) -> float:
-    "The time whose marginal the flow learns: `t_m = start T`, or the original's `start (T - eps) + eps` if `faithful`."
-    t_m = sde.cutoff(start)
-    return start * (sde.T - sde.eps) + sde.eps if faithful else t_m
+def flow_time(sde: SDE, t_m: float, faithful: bool = False) -> float:
+    "The time whose marginal the flow learns: `t_m`, or the original's `start (T - eps) + eps` with `start = t_m / T` if `faithful`."
+    t_m = sde.cutoff(t_m)
+    return t_m / sde.T * (sde.T - sde.eps) + sde.eps if faithful else t_m
 
 # %% ../nbs/05_losses.ipynb #e54486cb
 def _reduce(v: torch.Tensor, reduce_mean: bool) -> torch.Tensor:
     v = v.flatten(1)
     return v.mean(1) if reduce_mean else 0.5 * v.sum(1)
 
-def dsm_loss(score_fn: Callable, sde: SDE, x0: torch.Tensor, t: torch.Tensor | None = None, z: torch.Tensor | None = None,
-             start: float = 1., reduce_mean: bool = True, likelihood_weighting: bool = False, faithful: bool = False,
-             generator=None) -> torch.Tensor:
-    "Per-sample continuous DSM losses `[B]` at times `t` (default: `sample_times(sde, B, start)`) with noise `z`."
-    if t is None: t = sample_times(sde, x0.shape[0], start, faithful, generator, x0.device, x0.dtype)
-    x_t, z, std = sde.perturb(x0, t, z, generator)
-    score = score_fn(x_t, t)
+def dsm_loss(score_model: Callable, sde: SDE, x0: torch.Tensor, t: torch.Tensor | None = None, z: torch.Tensor | None = None,
+             t_m: float | None = None, reduce_mean: bool = True, likelihood_weighting: bool = False, faithful: bool = False,
+             *, generator=None) -> torch.Tensor:
+    "Per-sample continuous DSM losses `[B]` at times `t` (default: `sample_times(sde, B, t_m)`) with noise `z`."
+    if t is None: t = sample_times(sde, x0.shape[0], t_m, faithful=faithful, generator=generator, device=x0.device, dtype=x0.dtype)
+    x_t, z, std = sde.perturb(x0, t, z, generator=generator)
+    score = score_model(x_t, t)
     if not likelihood_weighting:
         return _reduce((score * bcast(std, x0) + z) ** 2, reduce_mean)
     g2 = sde.sde(torch.zeros_like(x0), t)[1] ** 2
@@ -52,10 +52,10 @@ def _randint(low: int, high: int, n: int, generator, device) -> torch.Tensor:
     if generator is None: return torch.randint(low, high, (n,), device=device)
     return torch.randint(low, high, (n,), generator=generator, device=generator.device).to(device)
 
-def discrete_levels(sde: SDE, start: float = 1.) -> tuple[int, int, int]:
-    "`(low, high, flow_label)`: training labels are drawn from `[low, high)`; the flow sees level `flow_label`."
-    sde.cutoff(start)
-    n = int(round(sde.N * start))
+def discrete_levels(sde: SDE, t_m: float | None = None) -> tuple[int, int, int]:
+    "`(low, high, flow_label)`: training labels are drawn from `[low, high)`; the flow sees level `flow_label` (`t_m=None`: `T`)."
+    t_m = sde.cutoff(sde.T if t_m is None else t_m)
+    n = int(round(sde.N * t_m / sde.T))
     if isinstance(sde, VPSDE): return 0, n, min(n, sde.N - 1)
     if isinstance(sde, VESDE): return sde.N - n, sde.N, sde.N - n
     raise ValueError(f'sde: discrete training needs a VPSDE (DDPM) or a VESDE (SMLD), got {type(sde).__name__}')
@@ -68,42 +68,40 @@ def _level_coeffs(sde: SDE, labels: torch.Tensor, dtype) -> tuple[torch.Tensor, 
     sig = sde.discrete_sigmas.flip(0).to(labels.device)[labels].to(dtype)
     return torch.ones_like(sig), sig
 
-def _raw(model): return getattr(model, 'net', model)
-
-def ddpm_loss(net: Callable, sde: VPSDE, x0: torch.Tensor, labels: torch.Tensor | None = None, z: torch.Tensor | None = None,
-              start: float = 1., reduce_mean: bool = True, generator=None) -> torch.Tensor:
-    "Per-sample DDPM losses `[B]`: `reduce |net(x_k, k) - z|^2`, labels `k` in `[0, N start)`."
+def ddpm_loss(score_model: Callable, sde: VPSDE, x0: torch.Tensor, labels: torch.Tensor | None = None,
+              z: torch.Tensor | None = None, t_m: float | None = None, reduce_mean: bool = True, *, generator=None) -> torch.Tensor:
+    "Per-sample DDPM losses `[B]`: `reduce |eps(x_k, k) - z|^2` with `eps = score_model(x_k, labels=k)`, `k` in `[0, N t_m / T)`."
     if not isinstance(sde, VPSDE): raise ValueError(f'sde: the DDPM loss needs a VPSDE, got {type(sde).__name__}')
-    if labels is None: labels = _randint(*discrete_levels(sde, start)[:2], x0.shape[0], generator, x0.device)
-    z = randn_like(x0, generator) if z is None else z
+    if labels is None: labels = _randint(*discrete_levels(sde, t_m)[:2], x0.shape[0], generator, x0.device)
+    z = randn_like(x0, generator=generator) if z is None else z
     a, s = _level_coeffs(sde, labels, x0.dtype)
-    out = _raw(net)(bcast(a, x0) * x0 + bcast(s, x0) * z, labels)
+    out = score_model(bcast(a, x0) * x0 + bcast(s, x0) * z, labels=labels)
     return _reduce((out - z) ** 2, reduce_mean)
 
-def smld_loss(net: Callable, sde: VESDE, x0: torch.Tensor, labels: torch.Tensor | None = None, z: torch.Tensor | None = None,
-              start: float = 1., reduce_mean: bool = False, generator=None) -> torch.Tensor:
-    "Per-sample SMLD losses `[B]`: `sigma_k^2 reduce |net(x, k) + z / sigma_k|^2`, labels `k` in `[N (1 - start), N)`."
+def smld_loss(score_model: Callable, sde: VESDE, x0: torch.Tensor, labels: torch.Tensor | None = None,
+              z: torch.Tensor | None = None, t_m: float | None = None, reduce_mean: bool = False, *, generator=None) -> torch.Tensor:
+    "Per-sample SMLD losses `[B]`: `sigma_k^2 reduce |s(x, k) + z / sigma_k|^2` with `s = score_model(x, labels=k)`, `k` in `[N (1 - t_m / T), N)`."
     if not isinstance(sde, VESDE): raise ValueError(f'sde: the SMLD loss needs a VESDE, got {type(sde).__name__}')
-    if labels is None: labels = _randint(*discrete_levels(sde, start)[:2], x0.shape[0], generator, x0.device)
-    z = randn_like(x0, generator) if z is None else z
+    if labels is None: labels = _randint(*discrete_levels(sde, t_m)[:2], x0.shape[0], generator, x0.device)
+    z = randn_like(x0, generator=generator) if z is None else z
     _, s = _level_coeffs(sde, labels, x0.dtype)
-    out = _raw(net)(x0 + bcast(s, x0) * z, labels)
+    out = score_model(x0 + bcast(s, x0) * z, labels=labels)
     return _reduce((out + z / bcast(s, x0)) ** 2, reduce_mean) * s ** 2
 
 # %% ../nbs/05_losses.ipynb #66c9d9a6
-def flow_input(sde: SDE, x0: torch.Tensor, z: torch.Tensor, start: float = 0.6, continuous: bool = True,
+def flow_input(sde: SDE, x0: torch.Tensor, z: torch.Tensor, t_m: float, continuous: bool = True,
                faithful: bool = False) -> torch.Tensor:
     "The flow's training data $x(t_m)$ from `x0` and the noise `z` (continuous: at `flow_time`; discrete: at its noise level)."
     if continuous:
-        t = torch.full((x0.shape[0],), flow_time(sde, start, faithful), device=x0.device, dtype=x0.dtype)
+        t = torch.full((x0.shape[0],), flow_time(sde, t_m, faithful), device=x0.device, dtype=x0.dtype)
         return sde.perturb(x0, t, z)[0]
-    k = torch.full((x0.shape[0],), discrete_levels(sde, start)[2], device=x0.device, dtype=torch.long)
+    k = torch.full((x0.shape[0],), discrete_levels(sde, t_m)[2], device=x0.device, dtype=torch.long)
     a, s = _level_coeffs(sde, k, x0.dtype)
     return bcast(a, x0) * x0 + bcast(s, x0) * z
 
 def flow_nll(flow, x: torch.Tensor) -> torch.Tensor:
-    "Per-sample negative log-likelihood `[B]` in nats: `-flow.log_prob(x)`."
-    return -flow.log_prob(x)
+    "Per-sample negative log-likelihood `[B]` in nats: `-flow(x)` (a flow's `forward` is its `log_prob`; DDP-safe)."
+    return -flow(x)
 
 @dataclass
 class LossOutput:
@@ -115,41 +113,41 @@ class LossOutput:
     t: torch.Tensor | None
 
 class DiNofLoss:
-    "The DiNof objective `w_score * L_score + w_flow * L_flow` on one batch `x0` (model space)."
-    def __init__(self, sde: SDE, start: float = 0.6, continuous: bool = True, reduce_mean: bool | None = None,
+    "The DiNof objective `w_score * L_score + w_flow * L_flow` on one batch `x0` (model space), with cut-off time `t_m`."
+    def __init__(self, sde: SDE, t_m: float = 0.6, continuous: bool = True, reduce_mean: bool | None = None,
                  likelihood_weighting: bool = False, w_score: float = 1., w_flow: float = 1., faithful: bool = False):
-        sde.cutoff(start)
-        if not continuous: discrete_levels(sde, start)
+        t_m = sde.cutoff(t_m)
+        if not continuous: discrete_levels(sde, t_m)
         check('w_score', w_score >= 0, f'must be >= 0, got {w_score!r}'); check('w_flow', w_flow >= 0, f'must be >= 0, got {w_flow!r}')
         check('w_score', w_score > 0 or w_flow > 0, 'w_score and w_flow are both 0: nothing to train')
         check('likelihood_weighting', not (likelihood_weighting and not continuous), 'is only defined for continuous training')
-        self.sde, self.start, self.continuous, self.faithful = sde, float(start), continuous, faithful
+        self.sde, self.t_m, self.continuous, self.faithful = sde, t_m, continuous, faithful
         self.reduce_mean = (not isinstance(sde, VESDE)) if reduce_mean is None else reduce_mean   # score_sde: VE 0.5 sum, VP mean
         self.likelihood_weighting, self.w_score, self.w_flow = likelihood_weighting, float(w_score), float(w_flow)
 
     def __repr__(self):
-        return (f'DiNofLoss({self.sde}, start={self.start}, continuous={self.continuous}, reduce_mean={self.reduce_mean}, '
+        return (f'DiNofLoss({self.sde}, t_m={self.t_m}, continuous={self.continuous}, reduce_mean={self.reduce_mean}, '
                 f'w_score={self.w_score}, w_flow={self.w_flow}, faithful={self.faithful})')
 
-    def __call__(self, x0: torch.Tensor, score_model: Callable | None = None, flow=None, z: torch.Tensor | None = None,
+    def __call__(self, x0: torch.Tensor, score_model: Callable | None = None, flow=None, z: torch.Tensor | None = None, *,
                  generator=None) -> LossOutput:
-        "`score_model`: `score_fn(x, t)` (continuous) or the raw `net(x, labels)` (discrete); `flow` has `log_prob`."
+        "`score_model`: a `ScoreModel` (or DDP around one; continuous: any `f(x, t)`); `flow`: a flow (or DDP around one)."
         use_score, use_flow = self.w_score > 0, self.w_flow > 0
         if use_score and score_model is None: raise ValueError('score_model: needed when w_score > 0')
         if use_flow and flow is None: raise ValueError('flow: needed when w_flow > 0')
-        z = randn_like(x0, generator) if z is None else z
+        z = randn_like(x0, generator=generator) if z is None else z
         loss, score_loss, nll, bpd, t = x0.new_zeros(()), None, None, None, None
         if use_score:
             if self.continuous:
-                t = sample_times(self.sde, x0.shape[0], self.start, self.faithful, generator, x0.device, x0.dtype)
+                t = sample_times(self.sde, x0.shape[0], self.t_m, faithful=self.faithful, generator=generator, device=x0.device, dtype=x0.dtype)
                 per = dsm_loss(score_model, self.sde, x0, t, z, reduce_mean=self.reduce_mean, likelihood_weighting=self.likelihood_weighting)
             else:
-                t = _randint(*discrete_levels(self.sde, self.start)[:2], x0.shape[0], generator, x0.device)
+                t = _randint(*discrete_levels(self.sde, self.t_m)[:2], x0.shape[0], generator, x0.device)
                 fn = ddpm_loss if isinstance(self.sde, VPSDE) else smld_loss
                 per = fn(score_model, self.sde, x0, t, z, reduce_mean=self.reduce_mean)
             score_loss = per.mean(); loss = loss + self.w_score * score_loss
         if use_flow:
-            per = flow_nll(flow, flow_input(self.sde, x0, z, self.start, self.continuous, self.faithful))
+            per = flow_nll(flow, flow_input(self.sde, x0, z, self.t_m, self.continuous, self.faithful))
             nll = per.mean(); loss = loss + self.w_flow * nll
-            bpd = bits_per_dim(-nll.detach(), x0.shape[1:])
+            bpd = log_prob_to_bpd(-nll.detach(), x0.shape[1:])
         return LossOutput(loss, None if score_loss is None else score_loss.detach(), None if nll is None else nll.detach(), bpd, t)

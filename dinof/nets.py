@@ -10,14 +10,15 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .core import bcast, check, is_int
+from .core import bcast, check, fail, is_int
 from .sde import SDE, VPSDE, SubVPSDE, VESDE
 
 # %% auto #0
-__all__ = ['default_init_', 'fir_kernel_2d', 'upfirdn2d', 'fir_filter', 'fir_downsample', 'fir_upsample', 'upsample_conv2d',
-           'conv_downsample2d', 'naive_upsample', 'naive_downsample', 'GaussianFourierProjection', 'timestep_embedding',
-           'NIN', 'Combine', 'AttnBlock', 'Upsample', 'Downsample', 'ResnetBlockDDPM', 'ResnetBlockBigGAN', 'NCSNpp',
-           'MLPScore', 'ScoreModel', 'presets', 'preset', 'build', 'from_score_sde_config', 'load_score_sde_checkpoint']
+__all__ = ['PRESETS', 'default_init_', 'fir_kernel_2d', 'upfirdn2d', 'fir_filter', 'fir_downsample', 'fir_upsample',
+           'upsample_conv2d', 'conv_downsample2d', 'naive_upsample', 'naive_downsample', 'GaussianFourierProjection',
+           'timestep_embedding', 'NIN', 'Combine', 'AttnBlock', 'Upsample', 'Downsample', 'ResnetBlockDDPM',
+           'ResnetBlockBigGAN', 'NCSNpp', 'MLPScore', 'expects', 'ScoreModel', 'preset', 'build',
+           'from_score_sde_config', 'load_score_sde_checkpoint']
 
 # %% ../nbs/03_nets.ipynb #9afbb49c
 def default_init_(w: torch.Tensor, scale: float = 1.) -> torch.Tensor:
@@ -144,11 +145,11 @@ class Combine(nn.Module):
     "Joins the input pyramid to the feature map: a 1x1 convolution of `x`, then concatenated with or added to `y`."
     def __init__(self, dim1: int, dim2: int, method: str = 'cat'):
         super().__init__()
-        self.Conv = _conv(dim1, dim2, 1)
+        self.Conv_0 = _conv(dim1, dim2, 1)   # score_sde names it Conv_0 (checkpoint key `all_modules.N.Conv_0.weight`)
         self.method = method
 
     def forward(self, x, y):
-        h = self.Conv(x)
+        h = self.Conv_0(x)
         return torch.cat([h, y], dim=1) if self.method == 'cat' else h + y
 
 _SQRT2 = math.sqrt(2.)
@@ -491,13 +492,60 @@ class MLPScore(nn.Module):
         h = self.out(h)
         return h / labels[:, None].to(h.dtype) if self.scale_by_sigma else h
 
+# %% ../nbs/03_nets.ipynb #36c96e7d
+_NETS = {'ncsnpp': NCSNpp, 'mlp': MLPScore}
+_SDE_NAMES = {'vesde': VESDE, 'vpsde': VPSDE, 'subvpsde': SubVPSDE}
+
+def _options(spec):
+    "`(kind, options)` of a network, a build dict or a preset name (defaults filled in); `None` for another class of network."
+    if isinstance(spec, nn.Module):
+        kind = next((k for k, c in _NETS.items() if type(spec) is c), None)
+        return None if kind is None else (kind, spec.config)
+    cfg = preset(spec) if isinstance(spec, str) else dict(spec)
+    kind = cfg.pop('name', None)
+    if kind not in _NETS: fail('name', f"the network kind must be one of {', '.join(map(repr, _NETS))}, got {kind!r}")
+    defaults = {k: p.default for k, p in inspect.signature(_NETS[kind]).parameters.items()}
+    return kind, {**defaults, **cfg}
+
+def _why(o) -> str:
+    if o['scale_by_sigma']: return 'scale_by_sigma=True divides its output by the noise level sigma'
+    if o['embedding_type'] == 'fourier': return "embedding_type='fourier' embeds log sigma"
+    return 'without scale_by_sigma its output is the noise estimate that VP / sub-VP divide by the std'
+
+def expects(spec) -> dict | None:
+    """What a score network is made for, from its options: `{'sde': SDE names, 'continuous': True | False | None}` (None:
+    either). `spec`: a network, a build dict or a preset name; `None` for networks of other classes (not checked)."""
+    r = _options(spec)
+    if r is None: return None
+    kind, o = r
+    o = {**o, 'embedding_type': str(o['embedding_type']).lower()}
+    fourier = o['embedding_type'] == 'fourier'
+    if o['scale_by_sigma'] or fourier: return {'sde': ('vesde',), 'continuous': fourier}
+    return {'sde': ('vpsde', 'subvpsde') if kind == 'ncsnpp' else tuple(_SDE_NAMES), 'continuous': None}
+
+def _check_pairing(net, sde, continuous: bool):
+    r = _options(net)
+    if r is None: return
+    kind, o = r
+    want = expects(net)
+    names = ' or '.join(_SDE_NAMES[n].__name__ for n in want['sde'])
+    check('sde', isinstance(sde, tuple(_SDE_NAMES[n] for n in want['sde'])),
+          f'this {kind} network is made for a {names} ({_why(o)}), not a {type(sde).__name__}')
+    if want['continuous'] is not None and continuous != want['continuous']:
+        need = ('continuous VE labels sigma(t): its Fourier embedding takes log sigma' if want['continuous'] else
+                'discrete VE labels: with a positional embedding it divides by sigmas[label]')
+        fail('continuous', f'this {kind} network needs continuous={want["continuous"]} ({need}), got continuous={continuous}')
+
 # %% ../nbs/03_nets.ipynb #10074af3
 class ScoreModel(nn.Module):
-    "The score $s_\\theta(x, t)$ from a network and an SDE, exactly as score_sde's `get_score_fn`; call it as `score_model(x, t)`."
-    def __init__(self, net: nn.Module, sde: SDE, continuous: bool = True):
+    """The score $s_\\theta(x, t)$ from a network and an SDE, exactly as score_sde's `get_score_fn`: `score_model(x, t)`;
+    `score_model(x, labels=k)` is the raw network output at labels `k`. `continuous=None`: the network's own option, else True."""
+    def __init__(self, net: nn.Module, sde: SDE, continuous: bool | None = None):
         super().__init__()
         if not isinstance(sde, (VPSDE, SubVPSDE, VESDE)):
             raise ValueError(f'sde: expected a VPSDE, SubVPSDE or VESDE, got {type(sde).__name__}')
+        if continuous is None: continuous = bool(getattr(net, 'config', {}).get('continuous', True))
+        _check_pairing(net, sde, continuous)
         self.net, self.sde, self.continuous = net, sde, continuous
 
     def labels(self, t: torch.Tensor) -> torch.Tensor:
@@ -516,7 +564,11 @@ class ScoreModel(nn.Module):
         labels = self.labels(t) if labels is None else labels
         return sde.sqrt_1m_alphas_cumprod.to(labels.device)[labels.long()]
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, *, labels: torch.Tensor | None = None) -> torch.Tensor:
+        "The score at times `t` `[B]`; or, with `labels=` instead, the raw network output `net(x, labels)`."
+        if (t is None) == (labels is None):
+            fail('t', 'give exactly one of t (times: returns the score) and labels= (network labels: returns the raw output)')
+        if labels is not None: return self.net(x, labels)
         labels = self.labels(t)
         out = self.net(x, labels)
         if isinstance(self.sde, VESDE): return out
@@ -555,15 +607,11 @@ _PRESETS = {k: {'name': 'ncsnpp', **v} for k, v in _PRESETS.items()}
 _PRESETS['mlp_toy'] = dict(name='mlp', dim=2, hidden=128, depth=3, embedding_type='positional', embed_dim=64)
 _PRESETS['mlp_toy_ve'] = dict(name='mlp', dim=2, hidden=128, depth=3, embedding_type='fourier', embed_dim=64,
                               fourier_scale=16., scale_by_sigma=True)
-_NETS = {'ncsnpp': NCSNpp, 'mlp': MLPScore}
-
-def presets() -> list[str]:
-    "The names of all presets."
-    return list(_PRESETS)
+PRESETS = tuple(_PRESETS)
 
 def preset(name: str) -> dict:
     "A copy of preset `name`: `{'name': 'ncsnpp' | 'mlp', **constructor keyword arguments}`."
-    if name not in _PRESETS: raise ValueError(f'preset: unknown preset {name!r}; known presets: {", ".join(_PRESETS)}')
+    if name not in _PRESETS: fail('name', f'unknown preset {name!r}; known presets: {", ".join(PRESETS)}')
     return {k: (list(v) if isinstance(v, list) else v) for k, v in _PRESETS[name].items()}
 
 def build(name_or_dict) -> nn.Module:
@@ -612,16 +660,25 @@ def _resolve_config(cfg) -> dict:
     except json.JSONDecodeError as e: raise ValueError(f'preset_or_config: {str(p)!r} is not valid JSON ({e})') from e
     return _resolve_config(data)
 
+def _read_checkpoint(path: Path, map_location) -> dict:
+    "torch.load with weights only; a file that is not a score_sde checkpoint is one ValueError naming it."
+    try: ck = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError: raise                                   # unreadable for the OS (permissions): its own clear error
+    except Exception as e:                                  # torch raises many kinds on garbage (UnpicklingError, RuntimeError, KeyError, EOFError, ...)
+        raise ValueError(f'path: {str(path)!r} is not a readable PyTorch checkpoint (torch.load failed: {type(e).__name__})') from None
+    model = ck.get('model') if isinstance(ck, dict) else None
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        raise ValueError(f"path: {str(path)!r} is not a score_sde checkpoint (expected a dict whose 'model' maps names to tensors)")
+    return ck
+
 def load_score_sde_checkpoint(path, preset_or_config, use_ema: bool = True, map_location='cpu') -> NCSNpp:
     "An `NCSNpp` (eval mode) with the weights of a score_sde_pytorch checkpoint (`{'model', 'ema', ...}`); EMA weights by default."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f'path: no such checkpoint file {str(path)!r}')
     cfg = _resolve_config(preset_or_config)
     if cfg.get('name', 'ncsnpp') != 'ncsnpp': raise ValueError(f"preset_or_config: score_sde checkpoints hold NCSN++ networks, not {cfg['name']!r}")
+    ck = _read_checkpoint(path, map_location)
     net = build({'name': 'ncsnpp', **{k: v for k, v in cfg.items() if k != 'name'}})
-    ck = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(ck, dict) or 'model' not in ck:
-        raise ValueError(f"path: {str(path)!r} is not a score_sde checkpoint (expected a dict with 'model' and 'ema')")
     sd = ck['model']
     if sd and all(k.startswith('module.') for k in sd): sd = {k[len('module.'):]: v for k, v in sd.items()}
     pairs = net.score_sde_keys()
@@ -637,7 +694,9 @@ def load_score_sde_checkpoint(path, preset_or_config, use_ema: bool = True, map_
     state = {n: sd[o] for o, n in pairs}
     if use_ema:
         if 'ema' not in ck: raise ValueError(f"path: {str(path)!r} has no 'ema' entry; pass use_ema=False for the raw weights")
-        shadow = ck['ema']['shadow_params'] if isinstance(ck['ema'], dict) else ck['ema']
+        shadow = ck['ema'].get('shadow_params') if isinstance(ck['ema'], dict) else ck['ema']
+        if not isinstance(shadow, (list, tuple)) or not all(isinstance(v, torch.Tensor) for v in shadow):
+            raise ValueError(f"path: {str(path)!r} has an 'ema' entry without a list of tensors 'shadow_params'")
         params = dict(net.named_parameters())
         trained = [(o, n) for o, n in pairs if n in params and params[n].requires_grad]   # the original's EMA order
         if len(shadow) != len(trained):

@@ -4,12 +4,13 @@
 
 # %% ../nbs/06_sampling.ipynb #73dbf53b
 from __future__ import annotations
-import math
+import math, re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
+from fastprogress.fastprogress import progress_bar
+from scipy.integrate import RK45
 from .core import PerSampleGenerator, bcast, is_int, randn
 from .sde import SDE, VPSDE, SubVPSDE, VESDE
 
@@ -27,14 +28,14 @@ def _module_place(obj):
     return (p.device, p.dtype) if p is not None else (torch.device('cpu'), torch.float32)
 
 class GaussianPrior:
-    "The SDE's own prior $\\mathcal N(0, \\sigma_T^2 I)$ at $t = T$: score SDE's starting point."
+    "The SDE's own prior $\\mathcal N(0, \\sigma_T^2 I)$ at $t_m = T$: score SDE's starting point."
     def __init__(self, sde: SDE, shape: Sequence[int] | None = None):
         self.sde, self.shape = sde, (None if shape is None else tuple(int(s) for s in shape))
 
     @property
-    def t_start(self) -> float: return self.sde.T
+    def t_m(self) -> float: return self.sde.T
 
-    def sample(self, n: int, generator=None, shape=None, device=None, dtype=None) -> torch.Tensor:
+    def sample(self, n: int, *, generator=None, shape=None, device=None, dtype=None) -> torch.Tensor:
         "`n` draws of `x(T)` of `shape` (default: the prior's), float32 unless `dtype` says otherwise."
         shape = shape or self.shape
         if shape is None: raise ValueError('shape: this GaussianPrior has no sample shape; build it as GaussianPrior(sde, shape)')
@@ -47,20 +48,17 @@ class FlowPrior:
     "DiNof's prior: a normalizing flow for the law of $x(t_m)$, sampled by decoding `temperature * z`, $z \\sim \\mathcal N(0, I)$."
     def __init__(self, flow, t_m: float, temperature: float = 1.):
         if not callable(getattr(flow, 'decode', None)): raise ValueError('flow: needs a decode(z) method')
-        dim = getattr(flow, 'latent_dim', None) or getattr(flow, 'dim', None)
-        if not isinstance(dim, int) or dim < 1: raise ValueError('flow: needs an integer latent_dim (or dim) >= 1')
+        dim = getattr(flow, 'latent_dim', None)
+        if not is_int(dim, 1): raise ValueError('flow: needs an integer latent_dim >= 1')
         t_m = float(t_m)
         if not t_m > 0: raise ValueError(f't_m: must be > 0, got {t_m!r}')
         if not temperature > 0: raise ValueError(f'temperature: must be > 0, got {temperature!r}')
-        self.flow, self.t_m, self.temperature, self.latent_dim = flow, t_m, float(temperature), dim
+        self.flow, self.t_m, self.temperature, self.latent_dim = flow, t_m, float(temperature), int(dim)
         in_shape = getattr(flow, 'in_shape', None)
-        self.shape = tuple(in_shape) if in_shape is not None else (dim,)
+        self.shape = tuple(in_shape) if in_shape is not None else (self.latent_dim,)
 
-    @property
-    def t_start(self) -> float: return self.t_m
-
-    def sample(self, n: int, generator=None, shape=None, device=None, dtype=None) -> torch.Tensor:
-        "`n` draws of `x(t_m)`: `flow.decode(temperature * z)`."
+    def sample(self, n: int, *, generator=None, shape=None, device=None, dtype=None) -> torch.Tensor:
+        "`n` draws of `x(t_m)`: `flow.decode(temperature * z)` (`shape` is ignored: the flow fixes it)."
         dev, dt = _module_place(self.flow)
         z = randn((n, self.latent_dim), generator=generator, device=device or dev, dtype=dtype or dt)
         with torch.no_grad(): return self.flow.decode(self.temperature * z)
@@ -69,6 +67,18 @@ class FlowPrior:
     def __repr__(self): return f'FlowPrior({type(self.flow).__name__}, t_m={self.t_m}, temperature={self.temperature})'
 
 # %% ../nbs/06_sampling.ipynb #75cf6076
+# PyTorch's messages for inputs of the wrong shape (conv, linear, matmul, broadcasting, cat, view, norms, pooling)
+_SHAPE_ERROR = re.compile('|'.join([
+    r'shapes cannot be multiplied', r'expected input\[.*\] to have \d+ channels', r'must match the (existing )?size',
+    r'sizes of tensors must match', r'is invalid for input of size', r'but got input of size', r'expected input with shape',
+    r'divisible by', r'should contain \d+ elements', r"kernel size can't be greater", r'output size is too small',
+    r'expected size for first two dimensions', r'does not broadcast']), re.IGNORECASE)
+
+def _is_shape_error(e: BaseException) -> bool:
+    "Whether `e` is PyTorch's complaint about an input of the wrong shape (never out-of-memory, dtype or device errors)."
+    if isinstance(e, torch.OutOfMemoryError) or not isinstance(e, RuntimeError): return False
+    return bool(_SHAPE_ERROR.search(str(e)))
+
 class _Counted:
     "Wraps `score_fn`, counting its calls (the NFE); the first call checks that the network takes the prior's shape."
     def __init__(self, score_fn: Callable): self.fn, self.nfe = score_fn, 0
@@ -82,6 +92,7 @@ class _Counted:
     def _first(self, x, t):
         try: out = self.fn(x, t)
         except RuntimeError as e:
+            if not _is_shape_error(e): raise
             raise ValueError(f'prior: samples of shape {tuple(x.shape[1:])} do not fit the score network ({str(e).splitlines()[0]})') from e
         if out.shape != x.shape:
             raise ValueError(f'prior: samples of shape {tuple(x.shape[1:])} give a score of shape {tuple(out.shape[1:])}; the shapes must match')
@@ -94,7 +105,7 @@ class _Noise:
 
     def __call__(self) -> torch.Tensor:
         x = self.like
-        if not isinstance(self.gen, PerSampleGenerator): return randn(x.shape, self.gen, x.device, x.dtype)
+        if not isinstance(self.gen, PerSampleGenerator): return randn(x.shape, generator=self.gen, device=x.device, dtype=x.dtype)
         if self.buf is None or self.k == self.buf.shape[0]:
             self.buf = self.gen.randn((x.shape[0], self.block, *x.shape[1:]), dtype=x.dtype, device=x.device).transpose(0, 1)
             self.k = 0
@@ -115,11 +126,16 @@ def euler_maruyama(sde, score_fn, x, t, h, noise):
     x_mean = x - (drift - bcast(g ** 2, x) * score_fn(x, t)) * h
     return x_mean + bcast(g, x) * math.sqrt(h) * noise(), x_mean
 
+def _ve_sigmas(sde, t, h):
+    "VE's $\\sigma(t)^2$ and $\\sigma_{prev}^2$ of the step from `t` to `t - h`; $\\sigma_{prev} = 0$ for the step taken at the final time ε."
+    last = t < sde.eps + 0.5 * h          # its lower end t - h lies below eps (score_sde: discrete index 0)
+    return sde.sigma(t) ** 2, torch.where(last, torch.zeros_like(t), sde.sigma(t - h) ** 2)
+
 def _transition(sde, x, t, h):
     "Forward step over $[t-h, t]$ as `(f, G)`: VP's exact DDPM step, VE's exact variance increment, else Euler–Maruyama."
-    s = t - h
     if isinstance(sde, VESDE):
-        return torch.zeros_like(x), (sde.sigma(t) ** 2 - sde.sigma(s) ** 2).sqrt().to(x.dtype)
+        sig2, prev2 = _ve_sigmas(sde, t, h)
+        return torch.zeros_like(x), (sig2 - prev2).sqrt().to(x.dtype)
     if isinstance(sde, VPSDE):
         beta = _vp_beta(sde, t, h).to(x.dtype)
         return bcast((1 - beta).sqrt() - 1, x) * x, beta.sqrt()
@@ -140,7 +156,7 @@ def ancestral_sampling(sde, score_fn, x, t, h, noise):
     "DDPM / SMLD ancestral sampling (score SDE, Eq. 47 and its VE analogue); VP and VE only."
     s = score_fn(x, t)
     if isinstance(sde, VESDE):
-        sig2, prev2 = sde.sigma(t) ** 2, sde.sigma(t - h) ** 2
+        sig2, prev2 = _ve_sigmas(sde, t, h)
         x_mean = x + bcast((sig2 - prev2).to(x.dtype), x) * s
         std = (prev2 * (sig2 - prev2) / sig2).sqrt().to(x.dtype)
     else:
@@ -177,20 +193,22 @@ def ald(sde, score_fn, x, t, noise, snr, n_steps):
         x = x_mean + bcast((2 * step).sqrt(), x) * z
     return x, x_mean
 
-PREDICTORS = {'euler_maruyama': euler_maruyama, 'reverse_diffusion': reverse_diffusion, 'ancestral_sampling': ancestral_sampling}
-CORRECTORS = {'langevin': langevin, 'ald': ald, 'none': None}
+PREDICTORS = ('euler_maruyama', 'reverse_diffusion', 'ancestral_sampling')
+CORRECTORS = ('none', 'langevin', 'ald')        # Python None means 'none'
+_PREDICTOR_FNS = {'euler_maruyama': euler_maruyama, 'reverse_diffusion': reverse_diffusion, 'ancestral_sampling': ancestral_sampling}
+_CORRECTOR_FNS = {'langevin': langevin, 'ald': ald, 'none': None}
 
-def pc_sample(sde, score_fn, x, ts, h, predictor='euler_maruyama', corrector=None, snr=0.16, n_corrector=1,
-              noise=None, denoise=True, callback=None):
+def pc_sample(sde, score_fn, x, ts, h, predictor='euler_maruyama', corrector=None, snr=0.16, n_steps_each=1,
+              noise=None, noise_removal=True, callback=None):
     "Predictor–corrector sampling (score SDE, Alg. 1) over the decreasing times `ts` with predictor step `h`."
-    pred, corr = PREDICTORS[predictor], CORRECTORS[corrector or 'none']
+    pred, corr = _PREDICTOR_FNS[predictor], _CORRECTOR_FNS[corrector or 'none']
     x_mean = x
     for i, t in enumerate(ts.tolist()):
         tv = _tvec(t, x)
-        if corr is not None: x, x_mean = corr(sde, score_fn, x, tv, noise, snr, n_corrector)
+        if corr is not None: x, x_mean = corr(sde, score_fn, x, tv, noise, snr, n_steps_each)
         x, x_mean = pred(sde, score_fn, x, tv, h, noise)
-        if callback is not None: callback(i, t, x_mean if denoise else x)
-    return x_mean if denoise else x
+        if callback is not None: callback(i, t, x_mean if noise_removal else x)
+    return x_mean if noise_removal else x
 
 # %% ../nbs/06_sampling.ipynb #46a54e92
 def euler_sample(sde, score_fn, x, ts, callback=None):
@@ -233,17 +251,17 @@ def time_of_log_snr(sde, lam: torch.Tensor) -> torch.Tensor:
 
 SCHEDULES = ('uniform', 'logsnr', 'edm')
 
-def time_steps(sde, t_start: float, t_end: float, steps: int, schedule: str = 'uniform', rho: float = 7.) -> torch.Tensor:
-    "`steps + 1` decreasing times from `t_start` to `t_end`: uniform in $t$, in $\\lambda$, or EDM's $\\rho$ schedule in $\\sigma/\\alpha$."
-    t01 = torch.tensor([t_start, t_end], dtype=torch.float64)
-    if schedule == 'uniform': return torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64)
+def time_steps(sde, t_from: float, t_to: float, steps: int, schedule: str = 'uniform', rho: float = 7.) -> torch.Tensor:
+    "`steps + 1` decreasing times from `t_from` to `t_to`: uniform in $t$, in $\\lambda$, or EDM's $\\rho$ schedule in $\\sigma/\\alpha$."
+    t01 = torch.tensor([t_from, t_to], dtype=torch.float64)
+    if schedule == 'uniform': return torch.linspace(t_from, t_to, steps + 1, dtype=torch.float64)
     lam0, lam1 = log_snr(sde, t01).tolist()
     if schedule == 'logsnr': lam = torch.linspace(lam0, lam1, steps + 1, dtype=torch.float64)
     else:   # EDM, Eq. 5: uniform in (sigma/alpha)^(1/rho) = exp(-lam / rho)
         u = torch.linspace(math.exp(-lam0 / rho), math.exp(-lam1 / rho), steps + 1, dtype=torch.float64)
         lam = -rho * u.log()
     ts = time_of_log_snr(sde, lam)
-    ts[0], ts[-1] = t_start, t_end   # exact end points despite round-off
+    ts[0], ts[-1] = t_from, t_to   # exact end points despite round-off
     return ts
 
 def _coeffs(sde, t: float, x):
@@ -292,15 +310,24 @@ class _ODEFunc:
         x = torch.from_numpy(y).reshape(self.like.shape).to(self.like.device, self.like.dtype)
         return pf_drift(self.sde, self.score_fn, x, _tvec(t, x)).flatten().double().cpu().numpy()
 
-def rk45_sample(sde, score_fn, x, t_start, t_end, rtol=1e-5, atol=1e-5, callback=None):
-    "Adaptive Dormand–Prince RK45 (scipy's `solve_ivp`) on the probability-flow ODE, as score_sde's ODE sampler."
-    y0 = x.flatten().double().cpu().numpy()
-    sol = solve_ivp(_ODEFunc(sde, score_fn, x), (t_start, t_end), y0, method='RK45', rtol=rtol, atol=atol)
-    if not sol.success: raise RuntimeError(f'rk45: the ODE solver failed ({sol.message})')
-    out = [torch.from_numpy(sol.y[:, k]).reshape(x.shape).to(x.device, x.dtype) for k in range(sol.y.shape[1])]
-    if callback is not None:
-        for k in range(1, len(out)): callback(k, float(sol.t[k]), out[k])
-    return out[-1]
+def _rk45(fun, t_from: float, t_to: float, y0: np.ndarray, rtol: float, atol: float, on_step=None, name='rk45') -> np.ndarray:
+    "Dormand–Prince RK45 (scipy's, as `solve_ivp` runs it) from `t_from` to `t_to`, keeping only the current state; `on_step(k, t, y)` sees each accepted step."
+    solver = RK45(fun, t_from, y0, t_to, rtol=rtol, atol=atol)
+    k = 0
+    while solver.status == 'running':
+        message = solver.step()
+        if solver.status == 'failed': raise RuntimeError(f'{name}: the ODE solver failed ({message})')
+        k += 1
+        if on_step is not None: on_step(k, solver.t, solver.y)
+    return solver.y
+
+def rk45_sample(sde, score_fn, x, t_from, t_to, rtol=1e-5, atol=1e-5, callback=None, progress=None):
+    "Adaptive Dormand–Prince RK45 on the probability-flow ODE, as score_sde's ODE sampler; only `callback`, if given, sees the states between."
+    to_x = lambda y: torch.from_numpy(y).reshape(x.shape).to(x.device, x.dtype)
+    def on_step(k, t, y):   # `progress(k, t)` is told the time only: no state is materialised for it
+        if progress is not None: progress(k, float(t))
+        if callback is not None: callback(k, float(t), to_x(y))
+    return to_x(_rk45(_ODEFunc(sde, score_fn, x), t_from, t_to, x.flatten().double().cpu().numpy(), rtol, atol, on_step))
 
 # %% ../nbs/06_sampling.ipynb #3eebd068
 METHODS = ('pc', 'euler', 'heun', 'rk45', 'dpm1', 'dpm2', 'dpm3')
@@ -323,56 +350,78 @@ class _Recorder:
     def __init__(self): self.times, self.states = [], []
     def __call__(self, i, t, x): self.times.append(float(t)); self.states.append(x.detach().cpu().clone())
 
+class _Progress:
+    "A fastprogress bar for `hybrid_sample(progress=True)`: steps done of `total`, or (`total=None`, rk45) the time covered, in per mille."
+    def __init__(self, total: int | None, t_from: float, t_to: float):
+        self.by_time, self.t_from, self.t_to, self.done = total is None, t_from, t_to, 0
+        self.total = 1000 if total is None else total
+        self.bar = progress_bar(range(self.total), leave=False)
+        self.bar.update(0)
 
-def _validate(prior, sde, n, method, steps, predictor, corrector, schedule, snr, n_corrector, rho, rtol, atol):
+    def __call__(self, i, t, x=None):
+        self.done += 1
+        v = round(self.total * (self.t_from - t) / (self.t_from - self.t_to)) if self.by_time else self.done
+        self.bar.update(min(max(v, 1), self.total))
+
+def _chain(*callbacks):
+    "One callback calling each of `callbacks` that is not None (None if none is)."
+    cbs = [c for c in callbacks if c is not None]
+    if len(cbs) < 2: return cbs[0] if cbs else None
+    def chained(i, t, x):
+        for c in cbs: c(i, t, x)
+    return chained
+
+def _validate(prior, sde, n, method, steps, predictor, corrector, schedule, snr, n_steps_each, rho, rtol, atol):
     if method not in METHODS: raise ValueError(f'method: {method!r} is unknown; valid: {", ".join(METHODS)}')
     if not is_int(n) or n < 1: raise ValueError(f'n: must be an integer >= 1, got {n!r}')
     if steps is not None and (not is_int(steps) or steps < 1): raise ValueError(f'steps: must be an integer >= 1, got {steps!r}')
     if steps is None and method not in ('pc', 'rk45'): raise ValueError(f'steps: method {method!r} needs a number of steps')
-    t0 = prior.t_start
-    if not sde.eps < t0 <= sde.T: raise ValueError(f't_m: the prior starts at t = {t0:g}, outside (eps, T] = ({sde.eps:g}, {sde.T:g}]')
+    t_m = prior.t_m
+    if not sde.eps < t_m <= sde.T: raise ValueError(f't_m: the prior starts at t = {t_m:g}, outside (eps, T] = ({sde.eps:g}, {sde.T:g}]')
     if schedule not in SCHEDULES: raise ValueError(f'schedule: {schedule!r} is unknown; valid: {", ".join(SCHEDULES)}')
     if not rho > 0: raise ValueError(f'rho: must be > 0, got {rho!r}')
     if not (rtol > 0 and atol > 0): raise ValueError(f'rtol, atol: must be > 0, got {rtol!r}, {atol!r}')
     if method == 'pc':
         if predictor not in PREDICTORS: raise ValueError(f'predictor: {predictor!r} is unknown; valid: {", ".join(PREDICTORS)}')
-        if (corrector or 'none') not in CORRECTORS: raise ValueError(f'corrector: {corrector!r} is unknown; valid: {", ".join(CORRECTORS)} or None')
+        if corrector not in CORRECTORS: raise ValueError(f'corrector: {corrector!r} is unknown; valid: {", ".join(CORRECTORS)} (or None)')
         if predictor == 'ancestral_sampling' and not isinstance(sde, (VPSDE, VESDE)):
             raise ValueError(f'predictor: ancestral_sampling supports VPSDE and VESDE, not {type(sde).__name__}')
         if not snr > 0: raise ValueError(f'snr: must be > 0, got {snr!r}')
-        if not is_int(n_corrector) or n_corrector < 1: raise ValueError(f'n_corrector: must be an integer >= 1, got {n_corrector!r}')
+        if not is_int(n_steps_each) or n_steps_each < 1: raise ValueError(f'n_steps_each: must be an integer >= 1, got {n_steps_each!r}')
 
 def hybrid_sample(prior, sde: SDE, score_fn: Callable, n: int = 64, method: str = 'pc', steps: int | None = None, *,
-                  predictor: str | None = None, corrector: str | None = 'auto', snr: float = 0.16, n_corrector: int = 1,
-                  denoise: bool | None = None, schedule: str = 'uniform', rho: float = 7., rtol: float = 1e-5,
+                  predictor: str | None = None, corrector: str | None = 'auto', snr: float = 0.16, n_steps_each: int = 1,
+                  noise_removal: bool | None = None, schedule: str = 'uniform', rho: float = 7., rtol: float = 1e-5,
                   atol: float = 1e-5, seed: int = 0, first: int = 0, generator=None, trajectory: bool = False,
-                  device=None, dtype=None) -> SampleResult:
-    "Sample `n` points: draw `x(t_start)` from `prior`, then integrate the reverse process down to `sde.eps` with `method`."
+                  progress: bool = False, device=None, dtype=None) -> SampleResult:
+    "Sample `n` points: draw `x(t_m)` from `prior`, then integrate the reverse process down to `sde.eps` with `method`."
     if predictor is None: predictor = 'reverse_diffusion' if isinstance(sde, VESDE) else 'euler_maruyama'
-    if corrector == 'auto': corrector = 'langevin' if isinstance(sde, VESDE) else None
-    _validate(prior, sde, n, method, steps, predictor, corrector, schedule, snr, n_corrector, rho, rtol, atol)
-    t0, t1 = prior.t_start, sde.eps
-    if steps is None and method == 'pc': steps = max(1, int(round(sde.N * t0 / sde.T)))   # DiNof: int(N * start)
-    if denoise is None: denoise = method == 'pc'
-    if generator is None: generator = PerSampleGenerator(sample_seeds(seed, n, first), device=device or 'cpu')
+    if corrector == 'auto': corrector = 'langevin' if isinstance(sde, VESDE) else 'none'
+    if corrector is None: corrector = 'none'
+    _validate(prior, sde, n, method, steps, predictor, corrector, schedule, snr, n_steps_each, rho, rtol, atol)
+    t0, t1 = prior.t_m, sde.eps
+    if steps is None and method == 'pc': steps = max(1, int(round(sde.N * t0 / sde.T)))   # DiNof: int(N t_m / T)
+    if noise_removal is None: noise_removal = method == 'pc'
+    if generator is None: generator = PerSampleGenerator(sample_seeds(seed, n, first))   # CPU streams on any device
     counted, rec = _Counted(score_fn), (_Recorder() if trajectory else None)
+    bar = _Progress(None if method == 'rk45' else steps, t0, t1) if progress else None
     with torch.no_grad():
         x = prior.sample(n, generator=generator, device=device, dtype=dtype)
         if rec is not None: rec(0, t0, x)
         if method == 'pc':
-            per_step = 1 + (n_corrector if (corrector or 'none') != 'none' else 0)
+            per_step = 1 + (n_steps_each if corrector != 'none' else 0)
             noise = _Noise(generator, x, min(steps * per_step, max(1, 2 ** 16 // x[0].numel())))
             ts = torch.linspace(t0, t1, steps, dtype=torch.float64)
             h = (t0 - t1) / max(steps - 1, 1)
-            x = pc_sample(sde, counted, x, ts, h, predictor, corrector, snr, n_corrector, noise, denoise, rec)
+            x = pc_sample(sde, counted, x, ts, h, predictor, corrector, snr, n_steps_each, noise, noise_removal, _chain(rec, bar))
         else:
-            if method == 'rk45': x = rk45_sample(sde, counted, x, t0, t1, rtol, atol, rec)
+            if method == 'rk45': x = rk45_sample(sde, counted, x, t0, t1, rtol, atol, rec, bar)
             else:
-                ts = time_steps(sde, t0, t1, steps, schedule, rho)
-                if method == 'euler': x = euler_sample(sde, counted, x, ts, rec)
-                elif method == 'heun': x = heun_sample(sde, counted, x, ts, rec)
-                else: x = dpm_sample(sde, counted, x, ts, int(method[-1]), rec)
-            if denoise:   # score_sde's ODE denoiser: the mean of one reverse-diffusion step of size T/N at eps
+                ts, cb = time_steps(sde, t0, t1, steps, schedule, rho), _chain(rec, bar)
+                if method == 'euler': x = euler_sample(sde, counted, x, ts, cb)
+                elif method == 'heun': x = heun_sample(sde, counted, x, ts, cb)
+                else: x = dpm_sample(sde, counted, x, ts, int(method[-1]), cb)
+            if noise_removal:   # score_sde's ODE denoiser: the mean of one reverse-diffusion step of size T/N at eps
                 x = reverse_diffusion(sde, counted, x, _tvec(t1, x), sde.T / sde.N, lambda: 0.)[1]
                 if rec is not None: rec(-1, 0., x)
     return SampleResult(x, counted.nfe, rec.times if rec else [], rec.states if rec else [])

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_sde.ipynb #7ff242f5
 from __future__ import annotations
-import abc, math
+import abc, math, numbers
 from typing import Callable
 import torch
 from .core import bcast, check, is_int, randn, randn_like
@@ -44,7 +44,7 @@ class SDE(abc.ABC):
     def prior_std(self) -> float:
         "Standard deviation of the Gaussian prior $p_T = \\mathcal N(0, \\sigma_T^2 I)$."
 
-    def prior_sampling(self, shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
+    def prior_sampling(self, shape, *, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
         "A draw from the prior $p_T$; `generator` may be a `torch.Generator` or a `PerSampleGenerator`."
         return randn(shape, generator=generator, device=device, dtype=dtype) * self.prior_std
 
@@ -68,15 +68,15 @@ class SDE(abc.ABC):
         return ReverseSDE(self, score_fn, probability_flow)
 
     # -- the pieces DiNof adds --
-    def cutoff(self, start: float = 0.6) -> float:
-        "The truncation time $t_m$ = `start` $\\cdot T$ (DiNof's `start`, 0.6 in the paper); must lie in $(\\epsilon, T]$."
-        t_m = float(start) * self.T
-        check('start', self.eps < t_m <= self.T, f'the cut-off t_m = start * T = {t_m:g} must lie in (eps, T] = ({self.eps:g}, {self.T:g}]')
-        return t_m
+    def cutoff(self, t_m: float) -> float:
+        "DiNof's cut-off time $t_m$ (0.6 in the paper), validated: a number in $(\\epsilon, T]$; returned as a `float`."
+        ok = isinstance(t_m, numbers.Real) and not isinstance(t_m, bool) and self.eps < t_m <= self.T
+        check('t_m', ok, f'the cut-off time must be a number in (eps, T] = ({self.eps:g}, {self.T:g}], got {t_m!r}')
+        return float(t_m)
 
-    def perturb(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None, generator=None):
-        r"A draw of $x(t) = \alpha(t) x_0 + \sigma(t) z$; returns `(x_t, z, std)` so losses can reuse `z`."
-        z = randn_like(x0, generator) if noise is None else noise
+    def perturb(self, x0: torch.Tensor, t: torch.Tensor, z: torch.Tensor | None = None, *, generator=None):
+        r"A draw of $x(t) = \alpha(t) x_0 + \sigma(t) z$ (`z` drawn when not given); returns `(x_t, z, std)` so losses can reuse `z`."
+        z = randn_like(x0, generator=generator) if z is None else z
         mean, std = self.marginal_prob(x0, t)
         return mean + bcast(std, x0) * z, z, std
 

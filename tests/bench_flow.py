@@ -43,7 +43,7 @@ def main(argv=None):
     ours.initialize(x)
     with torch.no_grad(): theirs.log_prob(x, None)          # normflows initialises its ActNorms lazily
     n_ours, n_theirs = count_params(ours), sum(p.numel() for p in theirs.parameters())
-    z = torch.randn(a.batch, ours.dim)
+    z = torch.randn(a.batch, ours.latent_dim)
     def step_ours():
         ours.zero_grad(set_to_none=True); (-ours.log_prob(x).mean()).backward()
     def step_theirs():

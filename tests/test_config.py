@@ -1,11 +1,12 @@
-"dinof.config against the builders it feeds (dinof.nets.build, dinof.flow.build) and the paper's parameter counts."
-import json
+"dinof.config against the builders it feeds (dinof.nets.build, dinof.flow.build, dinof.sampling.hybrid_sample) and the paper's parameter counts."
+import inspect, json, typing
 import pytest
 import torch
-from dinof.config import PAPER_PRESETS, PRESETS, Config, get_config
+from dinof.config import PAPER_PRESETS, PRESETS, SECTIONS, Config, get_config
 
 nets = pytest.importorskip('dinof.nets')
 flow = pytest.importorskip('dinof.flow')
+sampling = pytest.importorskip('dinof.sampling')
 
 # parameter counts of the original implementation (shared/fixtures/score_sde/README.md)
 PAPER_PARAMS = {'ve_cifar10_ncsnpp': 62_693_251, 've_cifar10_ncsnpp_continuous': 62_758_915,
@@ -53,3 +54,33 @@ def test_every_preset_json_file_round_trip(tmp_path):
         cfg.to_json(tmp_path / f'{name}.json')
         back = get_config(str(tmp_path / f'{name}.json'))
         assert back == cfg and json.loads((tmp_path / f'{name}.json').read_text()) == cfg.to_dict()
+
+@pytest.mark.parametrize('name', PRESETS)
+def test_sampling_kwargs_are_hybrid_sample_arguments(name):
+    kw = get_config(name).sampling_kwargs()
+    inspect.signature(sampling.hybrid_sample).bind(None, None, None, 8, **kw)   # prior, sde, score_fn, n
+    assert kw['predictor'] in sampling.PREDICTORS and kw['corrector'] in sampling.CORRECTORS
+
+def test_the_flow_of_the_celebahq_preset_checkpoints_its_steps():
+    with torch.device('meta'):
+        f = flow.build(get_config('ve_celebahq_256_ncsnpp_continuous').flow_dict())
+    assert f.checkpoint is True and f.in_shape == (3, 256, 256)
+
+@pytest.mark.parametrize('swap', [('ve_cifar10_ncsnpp_continuous', 'vpsde', 'vp_cifar10_ddpmpp_continuous'),
+                                  ('vp_cifar10_ddpmpp_continuous', 'subvpsde', 'subvp_cifar10_ddpmpp_continuous'),
+                                  ('vp_cifar10_ddpmpp', 'vesde', 've_cifar10_ncsnpp')])
+def test_an_sde_override_through_json_builds_the_other_presets_networks(swap, tmp_path):
+    src, sde, dst = swap
+    get_config(src).to_json(tmp_path / 'c.json')
+    cfg = get_config(str(tmp_path / 'c.json'), f'sde.type={sde}')
+    assert cfg.model_dict() == get_config(dst).model_dict() and cfg.loss_kwargs() == get_config(dst).loss_kwargs()
+    assert cfg.sampling_kwargs() == get_config(dst).sampling_kwargs()
+
+def test_section_annotations_evaluate():
+    # `int | None` annotations are strings (`from __future__ import annotations`); get_type_hints evaluates them,
+    # which needs Python >= 3.10
+    for cls in SECTIONS.values():
+        for name, hint in typing.get_type_hints(cls).items():
+            base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+            assert len(base) == 1 and base[0] in (bool, int, float, str, tuple), (cls.__name__, name, hint)
+    assert typing.get_type_hints(SECTIONS['data'])['root'] == typing.Optional[str]

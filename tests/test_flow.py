@@ -3,7 +3,7 @@ import io, os, socket, warnings
 import pytest, torch
 import torch.multiprocessing as mp
 from dinof.core import PerSampleGenerator
-from dinof.flow import Glow, build, count_params, from_normflows, std_normal_logp
+from dinof.flow import PRESETS, CouplingFlow, Glow, build, count_params, from_normflows, preset, std_normal_logp
 
 def test_paper_glow_roundtrip_float32():
     torch.manual_seed(0)
@@ -127,3 +127,45 @@ def test_glow_reaches_gaussian_entropy():
     print(f'Glow on a Gaussian: held-out NLL {nll0:.3f} before, {nll:.3f} after training; entropy {H:.3f} nats')
     assert nll0 - H > 0.5                                        # the untrained flow is clearly off
     assert abs(nll - H) < 0.1, (nll, H)
+
+def test_presets_builders_and_vocabulary():
+    "PRESETS is a tuple of names; dicts are keyed on 'name'; every flow has in_shape and latent_dim (no dim attribute)."
+    assert isinstance(PRESETS, tuple) and 'glow_celebahq_256' in PRESETS
+    for name in PRESETS:
+        p = preset(name)
+        assert p['name'] in ('glow', 'coupling')
+        with torch.device('meta'): f = build(name)
+        assert f.latent_dim == int(torch.tensor(f.in_shape).prod()) and not hasattr(f, 'dim')
+    assert build({'name': 'coupling', 'dim': 3}).in_shape == (3,)
+    with pytest.raises(ValueError, match="^name: missing: flow dicts are keyed on 'name'"): build({'type': 'glow'})
+    with pytest.raises(ValueError, match='^name: must be'): build({'name': 'realnvp'})
+    with pytest.raises(ValueError, match='^checkpoint: must be True or False'): build(dict(preset('glow_tiny'), checkpoint='yes'))
+    flow = build('glow_tiny').eval()
+    with pytest.raises(TypeError, match='positional'): flow.sample(2, 1., torch.Generator())
+    with pytest.raises(TypeError, match='positional'): CouplingFlow().sample(2, 1., torch.Generator())
+
+def test_checkpointed_training_is_the_same_training():
+    "Three Adam steps of a Glow with activation checkpointing follow the same trajectory as without (float64, CIFAR shapes)."
+    torch.manual_seed(0)
+    a = Glow(in_shape=(3, 16, 16), levels=3, depth=2, hidden=16).double()
+    b = Glow(in_shape=(3, 16, 16), levels=3, depth=2, hidden=16, checkpoint=True).double()
+    b.load_state_dict(a.state_dict())
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(8, 3, 16, 16, generator=g, dtype=torch.float64) * 0.5 for _ in range(3)]
+    oa, ob = torch.optim.Adam(a.parameters(), lr=1e-3), torch.optim.Adam(b.parameters(), lr=1e-3)
+    for x in xs:                                                    # the first step initialises the ActNorms (not checkpointed)
+        for f, o in ((a, oa), (b, ob)):
+            o.zero_grad(); (-f(x).mean()).backward(); o.step()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()): torch.testing.assert_close(q, p, rtol=1e-10, atol=1e-12, msg=n)
+
+def test_checkpoint_under_autocast():
+    "bfloat16 autocast: the recomputed activations are the autocast ones (checkpoint restores the autocast state)."
+    torch.manual_seed(0)
+    a = build('glow_tiny'); b = build(dict(preset('glow_tiny'), checkpoint=True))
+    x = torch.randn(16, 1, 8, 8)
+    a.initialize(x); b.load_state_dict(a.state_dict())
+    grads = []
+    for f in (a, b):
+        with torch.autocast('cpu', dtype=torch.bfloat16): lp = f(x)
+        lp.sum().backward(); grads.append([p.grad for p in f.parameters()])
+    for ga, gb in zip(*grads): torch.testing.assert_close(gb, ga, rtol=0, atol=0)

@@ -1,16 +1,16 @@
 "Checks of dinof.sampling beyond the notebook: score_sde's PC sampler transcribed literally, batch independence with a real net, NFE."
-import math
+import math, tracemalloc
 import pytest
 import torch
 from dinof.core import PerSampleGenerator
 from dinof.sde import VPSDE, VESDE
-from dinof.sampling import FlowPrior, GaussianPrior, hybrid_sample, sample_seeds
+from dinof.sampling import FlowPrior, GaussianPrior, hybrid_sample, rk45_sample, sample_seeds
 
 
 class AffineFlow(torch.nn.Module):
     "x = m + s z, an exact Gaussian 'flow'."
     def __init__(self, m, s):
-        super().__init__(); self.register_buffer('m', m); self.register_buffer('s', s); self.dim = m.numel()
+        super().__init__(); self.register_buffer('m', m); self.register_buffer('s', s); self.latent_dim = m.numel()
     def decode(self, z): return self.m + self.s * z
 
 
@@ -86,23 +86,23 @@ def test_batch_independent_with_a_network(method, kw):
     assert torch.equal(hybrid_sample(prior, sde, net, n=5, method=method, seed=11, first=4, **kw).samples, big[4:])
 
 
-def test_seeds_and_denoise():
+def test_seeds_and_noise_removal():
     seeds = sample_seeds(0, 5)
     assert seeds == sample_seeds(0, 8)[:5] and len(set(seeds)) == 5 and all(0 <= s < 2 ** 63 for s in seeds)
     assert sample_seeds(1, 3) != sample_seeds(0, 3)
     sde, net = VPSDE(), MLP().eval()
     prior = GaussianPrior(sde, (4,))
     plain = hybrid_sample(prior, sde, net, n=3, method='heun', steps=3)
-    den = hybrid_sample(prior, sde, net, n=3, method='heun', steps=3, denoise=True)
+    den = hybrid_sample(prior, sde, net, n=3, method='heun', steps=3, noise_removal=True)
     assert (plain.nfe, den.nfe) == (6, 7)
     assert not torch.equal(plain.samples, den.samples)
 
 
-def test_pc_without_denoise_returns_noisy_state():
+def test_pc_without_noise_removal_returns_noisy_state():
     sde, net = VESDE(), MLP().eval()
     prior = GaussianPrior(sde, (4,))
     a = hybrid_sample(prior, sde, net, n=3, steps=5, corrector=None)
-    b = hybrid_sample(prior, sde, net, n=3, steps=5, corrector=None, denoise=False)
+    b = hybrid_sample(prior, sde, net, n=3, steps=5, corrector=None, noise_removal=False)
     assert a.nfe == b.nfe == 5 and not torch.equal(a.samples, b.samples)
 
 
@@ -133,3 +133,85 @@ def test_images_from_a_glow_prior():
 def test_prior_shape_mismatch_with_a_conv_net():
     with pytest.raises(ValueError, match='prior'):
         hybrid_sample(GaussianPrior(VPSDE(), (3, 8, 8)), VPSDE(), ConvScore().eval(), n=2, method='euler', steps=1)
+
+
+def test_rk45_keeps_only_the_end_state():
+    "rk45 holds the current state only: its peak host memory is a few states, however many steps it takes."
+    sde = VESDE()
+    x = torch.randn(64, 256, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    state = x.numel() * 8
+    times = []
+    traced = rk45_sample(sde, toy_score(sde), x, 1., sde.eps, rtol=1e-8, atol=1e-8, callback=lambda k, t, y: times.append(t))
+    assert len(times) > 30 and times[-1] == sde.eps          # 41 steps: keeping them all costs > 80 states
+    tracemalloc.start()                                      # (numpy's allocations are traced; measured: 13 states)
+    try:
+        out = rk45_sample(sde, toy_score(sde), x, 1., sde.eps, rtol=1e-8, atol=1e-8)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally: tracemalloc.stop()
+    assert peak < 30 * state, (peak / state, len(times))
+    assert torch.equal(out, traced)                          # the callback changes nothing but what is seen
+    res = hybrid_sample(GaussianPrior(sde, (3,)), sde, toy_score(sde), n=4, method='rk45', trajectory=True)
+    assert len(res.trajectory) > 2 and torch.equal(res.trajectory[-1], res.samples)
+
+
+def test_first_call_errors_that_are_not_shape_errors_propagate():
+    "Only a shape mismatch becomes the prior ValueError; out-of-memory and dtype errors keep their type and message."
+    sde, prior = VPSDE(), GaussianPrior(VPSDE(), (1, 8, 8))
+    def oom(x, t): raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.15 GiB total capacity)')
+    def generic(x, t): raise RuntimeError('CUDA out of memory. Tried to allocate 2.00 MiB')
+    for fn in (oom, generic, ConvScore().double()):      # the last: a float64 net given float32 samples
+        with pytest.raises(RuntimeError) as e: hybrid_sample(prior, sde, fn, n=2, method='euler', steps=1)
+        assert type(e.value) in (RuntimeError, torch.OutOfMemoryError) and 'prior' not in str(e.value), e.value
+    with pytest.raises(RuntimeError, match='out of memory'): hybrid_sample(prior, sde, oom, n=2, method='euler', steps=1)
+    with pytest.raises(ValueError, match=r'prior: samples of shape \(3, 8, 8\) do not fit.*channels'):
+        hybrid_sample(GaussianPrior(sde, (3, 8, 8)), sde, ConvScore().eval(), n=2, method='euler', steps=1)
+    lin = torch.nn.Linear(5, 5)
+    with pytest.raises(ValueError, match='prior'):
+        hybrid_sample(GaussianPrior(sde, (4,)), sde, lambda x, t: lin(x), n=2, method='euler', steps=1)
+
+
+class _SpyPrior(GaussianPrior):
+    "A Gaussian prior that remembers the generator it was given."
+    def sample(self, n, *, generator=None, **kw):
+        self.generator = generator
+        return super().sample(n, generator=generator, **kw)
+
+
+def test_per_sample_streams_are_cpu_streams_on_any_device():
+    "Asked for another device, hybrid_sample still draws from CPU generators and moves the draws (checked with 'meta')."
+    sde = VESDE()
+    prior = _SpyPrior(sde, (2,))
+    res = hybrid_sample(prior, sde, lambda x, t: -x, n=3, method='pc', steps=3, corrector='ald', device='meta')
+    assert res.samples.device.type == 'meta' and res.samples.shape == (3, 2) and res.nfe == 6
+    assert {g.device.type for g in prior.generator.generators} == {'cpu'}
+    on_cpu = hybrid_sample(prior, sde, lambda x, t: -x, n=3, method='pc', steps=3, corrector='ald', trajectory=True)
+    assert torch.equal(on_cpu.trajectory[0], GaussianPrior(sde, (2,)).sample(3, generator=PerSampleGenerator(sample_seeds(0, 3))))
+
+
+class _Bar:
+    "Stands in for fastprogress's progress_bar: records the values it is given."
+    made = []
+    def __init__(self, gen, **kw): self.total, self.values = len(gen), []; _Bar.made.append(self)
+    def update(self, v): self.values.append(v)
+
+
+@pytest.mark.parametrize('kw,total', [(dict(method='pc', steps=7), 7), (dict(method='heun', steps=4), 4),
+                                      (dict(method='dpm2', steps=3, noise_removal=True), 3), (dict(method='rk45'), 1000)])
+def test_progress_bar_runs_to_the_end(monkeypatch, kw, total):
+    import dinof.sampling as S
+    monkeypatch.setattr(S, 'progress_bar', _Bar)
+    _Bar.made.clear()
+    sde, net = VPSDE(), MLP().eval()
+    prior = GaussianPrior(sde, (4,))
+    shown = hybrid_sample(prior, sde, net, n=3, progress=True, **kw)
+    assert len(_Bar.made) == 1 and _Bar.made[0].total == total
+    vals = _Bar.made[0].values
+    assert vals[0] == 0 and vals[-1] == total and vals == sorted(vals)
+    assert torch.equal(shown.samples, hybrid_sample(prior, sde, net, n=3, **kw).samples)
+
+
+def test_progress_bar_for_real():
+    "The real fastprogress bar (console mode under pytest) does not disturb sampling."
+    sde, net = VESDE(), MLP().eval()
+    res = hybrid_sample(GaussianPrior(sde, (4,)), sde, net, n=2, steps=5, progress=True)
+    assert res.nfe == 10 and torch.isfinite(res.samples).all()
