@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_data.ipynb #01d3ac97
 from __future__ import annotations
-import functools, gzip, math, os, pickle, shutil
+import functools, gzip, hashlib, math, os, pickle, shutil
 from pathlib import Path
 from typing import Iterator
 import numpy as np
@@ -47,7 +47,7 @@ def _gauss_legendre(n: int):
     return (t + 1) / 2, w / 2
 
 class Toy2D:
-    "A 2-D toy density: `sample(n, generator)` -> `[n, 2]`, `log_prob(x)` -> `[n]` (nats); see the table above."
+    "A 2-D toy density: `sample(n, *, generator=None)` -> `[n, 2]`, `log_prob(x)` -> `[n]` (nats); see the table above."
     shape = (2,)
     _rings_r, _rings_s = (0.75, 1.5, 2.25, 3.0), 0.08
 
@@ -58,7 +58,7 @@ class Toy2D:
 
     def __repr__(self): return f'Toy2D({self.name!r})'
 
-    def sample(self, n: int, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
+    def sample(self, n: int, *, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
         "`n` draws `[n, 2]`; `generator` is `None`, a `torch.Generator` or a `dinof.core.PerSampleGenerator`."
         u = rand((n, 3), generator=generator, device=device, dtype=torch.float64)
         e = randn((n, 2), generator=generator, device=device, dtype=torch.float64)
@@ -144,6 +144,11 @@ class TensorImages(Dataset):
         x = self.data[i].float() / 255.
         return torch.nn.functional.pad(x, (self.pad,) * 4) if self.pad else x
     def __repr__(self): return f'{type(self).__name__}({self.name}, n={len(self)}, shape={self.shape})'
+    def fingerprint(self) -> str:
+        "A digest of the pixels and the padding: what cached statistics of these images are keyed on (`dinof.metrics`)."
+        h = hashlib.blake2b(f'{tuple(self.data.shape)}:{self.pad}'.encode(), digest_size=16)
+        h.update(self.data.contiguous().view(-1).numpy())
+        return h.hexdigest()
 
 # %% ../nbs/04_data.ipynb #b84d61ba
 _MNIST_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
@@ -168,11 +173,11 @@ def _mnist_root(name: str, root=None, download: bool = False) -> Path:
             files = _find_files(folder)
             if files is None: continue
             if folder == base / tv / 'raw' and all(p.suffix != '.gz' for p in files.values()): return base
-            return _unpack(files, cache_dir() / tv / 'raw')
+            return _unpack(files, tv)
     if name in _DEBIAN:
         looked.append(_DEBIAN[name])
         files = _find_files(_DEBIAN[name])
-        if files is not None: return _unpack(files, cache_dir() / tv / 'raw')
+        if files is not None: return _unpack(files, tv)
     if download:
         import torchvision
         base = Path(root).expanduser() if root is not None else cache_dir()
@@ -180,11 +185,18 @@ def _mnist_root(name: str, root=None, download: bool = False) -> Path:
         return base
     raise _missing(name, looked)
 
-def _unpack(files: dict, dest: Path) -> Path:
+def _source_key(files: dict) -> str:
+    "A digest of the source files' resolved paths, sizes and modification times."
+    parts = [f'{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}' for p in files.values()]
+    return hashlib.blake2b('|'.join(parts).encode(), digest_size=6).hexdigest()
+
+def _unpack(files: dict, tv: str) -> Path:
+    "Un-gzipped copies of `files` in `cache/unpacked/<tv>-<source key>/<tv>/raw`; returns the root torchvision wants."
+    dest = cache_dir() / 'unpacked' / f'{tv}-{_source_key(files)}' / tv / 'raw'
     dest.mkdir(parents=True, exist_ok=True)
     for f, src in files.items():
         out = dest / f
-        if out.is_file() and out.stat().st_mtime >= src.stat().st_mtime: continue
+        if out.is_file(): continue     # the folder's name fixes the source: a file there is its copy
         tmp = dest / f'.{f}.{os.getpid()}.tmp'
         with (gzip.open(src, 'rb') if src.suffix == '.gz' else open(src, 'rb')) as fi, open(tmp, 'wb') as fo: shutil.copyfileobj(fi, fo)
         os.replace(tmp, out)
@@ -247,15 +259,23 @@ class ImageFolder(Dataset):
     def __len__(self): return len(self.files)
     def __getitem__(self, i):
         from PIL import Image
-        with Image.open(self.files[i]) as im:
-            im = im.convert('RGB' if self.num_channels == 3 else 'L')
-            w, h = im.size; s = min(w, h); l, t = (w - s) // 2, (h - s) // 2
-            im = im.crop((l, t, l + s, t + s))
-            if s != self.image_size: im = im.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
-            a = np.asarray(im, dtype=np.uint8)
+        try:
+            with Image.open(self.files[i]) as im:
+                im = im.convert('RGB' if self.num_channels == 3 else 'L')
+                w, h = im.size; s = min(w, h); l, t = (w - s) // 2, (h - s) // 2
+                im = im.crop((l, t, l + s, t + s))
+                if s != self.image_size: im = im.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+                a = np.asarray(im, dtype=np.uint8)
+        except OSError as e: raise ValueError(f'{self.files[i]}: not a readable image ({e})') from None
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
         return torch.from_numpy(a.copy()).float() / 255.
     def __repr__(self): return f'ImageFolder({self.root}, n={len(self)}, shape={self.shape})'
+    def fingerprint(self) -> str:
+        "A digest of the resolved folder, the size and channels images are made, and every file's name, size and modification time."
+        h = hashlib.blake2b(f'{self.root.resolve()}|{self.image_size}|{self.num_channels}'.encode(), digest_size=16)
+        for p in self.files:
+            st = p.stat(); h.update(f'{p.relative_to(self.root)}:{st.st_size}:{st.st_mtime_ns};'.encode())
+        return h.hexdigest()
 
 def _image_folder(name, root, split, image_size, num_channels, random_flip):
     if root is None and name == 'image_folder': raise ValueError('root: image_folder needs root= (--data-root), the folder of images')
@@ -270,10 +290,11 @@ def _image_folder(name, root, split, image_size, num_channels, random_flip):
 DATASETS = ('toy2d', 'fashion_mnist', 'mnist', 'cifar10', 'celebahq', 'image_folder')
 _SPLITS = ('train', 'test')
 
-def get_dataset(name: str, root=None, split: str = 'train', *, image_size: int | None = None, num_channels: int = 3,
+def get_dataset(name: str, root=None, split: str = 'train', *, image_size: int | None = None, num_channels: int | None = None,
                 random_flip: bool | None = None, download: bool = False, density: str = '8gaussians'):
     """Dataset `name` (one of `DATASETS`, or a toy density's name) from `root`, `$DINOF_DATA`, the cache or its
     Debian package. Items are images `[C, H, W]` in `[0, 1]`; `image_size=32` pads MNIST-like 28x28 images to 32x32;
+    `num_channels` (1 or 3, default 3) applies to image folders and is checked against the others;
     `random_flip` (default: on for training CIFAR-10 / CelebA-HQ / folders) is applied by `get_loader`."""
     if name in TOY2D: name, density = 'toy2d', name
     if name not in DATASETS: raise ValueError(f'name: {name!r} is not a dataset; choose one of {", ".join(DATASETS + TOY2D)}')
@@ -282,15 +303,17 @@ def get_dataset(name: str, root=None, split: str = 'train', *, image_size: int |
     flip = (name in ('cifar10', 'celebahq', 'image_folder') and split == 'train') if random_flip is None else bool(random_flip)
     if name in ('fashion_mnist', 'mnist'):
         if image_size not in (None, 28, 32): raise ValueError(f'image_size: {name} is 28x28 and can be padded to 32, got {image_size!r}')
+        if num_channels not in (None, 1): raise ValueError(f'num_channels: {name} is grey (1 channel), got {num_channels!r}')
         ds = _mnist(name, root, split, pad=2 if image_size == 32 else 0, download=download)
         ds.random_flip = flip
         return ds
     if name == 'cifar10':
         if image_size not in (None, 32): raise ValueError(f'image_size: cifar10 is 32x32, got {image_size!r}')
+        if num_channels not in (None, 3): raise ValueError(f'num_channels: cifar10 is RGB (3 channels), got {num_channels!r}')
         return _cifar10(root, split, download, flip)
     if name == 'celebahq' and image_size is None: image_size = 256
-    if image_size is None: raise ValueError('image_size: required for image_folder (the size images are resized to)')
-    return _image_folder(name, root, split, image_size, num_channels, flip)
+    if image_size is None: raise ValueError(f'image_size: required for {name} (the size images are resized to; --image-size)')
+    return _image_folder(name, root, split, image_size, 3 if num_channels is None else num_channels, flip)
 
 # %% ../nbs/04_data.ipynb #704f0a00
 def _mix(*xs) -> int:

