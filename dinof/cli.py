@@ -33,53 +33,80 @@ def build_parser() -> argparse.ArgumentParser:
         add_args(sub.add_parser(name, help=help, description=help))
     return p
 
+def _one_line(e: Exception) -> str:
+    "A user error as one line: an OS error as `file: reason`, anything else as its message with newlines folded."
+    msg = f'{e.filename}: {e.strerror}' if isinstance(e, OSError) and e.filename and e.strerror else str(e)
+    return ' '.join(msg.split())
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `dinof` console script; returns the exit status."
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help(); return 0
+        parser.print_help(sys.stderr); return 2
     try: return COMMANDS[args.command][2](args) or 0
-    except (ValueError, FileNotFoundError) as e:
-        print(f'dinof: error: {e}', file=sys.stderr); return 2
+    except (ValueError, OSError) as e:
+        print(f'dinof: error: {_one_line(e)}', file=sys.stderr); return 2
 
 # %% ../nbs/11_cli.ipynb #d52d4d2a
 def _metrics_common(p):
     p.add_argument('--extractor', default=None, help='feature extractor: inception (fid-helper TorchScript), pt_inception or fmnist')
+    p.add_argument('--preprocess', default=None, choices=('tf', 'torch'),
+                   help="Inception preprocessing: tf (TensorFlow's resize, the paper's CIFAR-10 protocol) or torch (pytorch-fid's)")
     p.add_argument('--weights', default=None, help='weights file for pt_inception / fmnist (default: torch hub cache / shipped)')
     p.add_argument('--batch-size', type=int, default=None, help='images per forward pass')
     p.add_argument('--device', default=None, help="'cpu', 'cuda' or 'cuda:N' (default: $DINOF_DEVICE, else cuda if available)")
     p.add_argument('--no-progress', action='store_true', help='hide the progress bars')
 
 def _stats_args(p):
-    p.add_argument('--dataset', required=True, help='dataset name (dinof.data), e.g. fashion_mnist, cifar10')
+    p.add_argument('--dataset', required=True, help='dataset name (dinof.data), e.g. fashion_mnist, cifar10, celebahq, image_folder')
     p.add_argument('--out', required=True, help='statistics file to write (.npz)')
     p.add_argument('--split', default='train', help='dataset split (default: train)')
     p.add_argument('--data-root', default=None, help='folder holding the dataset')
-    p.add_argument('--force', action='store_true', help='overwrite an existing --out')
+    p.add_argument('--image-size', type=int, default=None, help='image side: required for image_folder, 256 for celebahq, 32 pads Fashion-MNIST')
+    p.add_argument('--num-channels', type=int, default=None, help='1 (grey) or 3 (RGB, the default) for image folders')
+    p.add_argument('--force', action='store_true', help='recompute the statistics (ignore the cache) and overwrite an existing --out')
     _metrics_common(p)
 
 def _check_batch_size(bs):
     if bs is not None and bs < 1: raise ValueError(f'--batch-size: must be >= 1, got {bs}')
 
+def _check_out(out, force: bool):
+    "Refuse an `--out` that could not be written, before any work: suffix, folder, existing file, writable parent."
+    import os, tempfile
+    from pathlib import Path
+    out = Path(out).expanduser()
+    if out.suffix != '.npz': raise ValueError(f'--out: {out} must end in .npz')
+    if out.is_dir(): raise ValueError(f'--out: {out} is a folder, not a .npz file')
+    if out.exists() and not force: raise ValueError(f'--out: {out} exists (pass --force to overwrite it)')
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent: parent = parent.parent   # missing folders are created later
+    if not parent.is_dir(): raise ValueError(f'--out: {parent} is a file, not a folder')
+    try: fd, tmp = tempfile.mkstemp(dir=parent, prefix='.dinof-', suffix='.tmp')
+    except OSError as e: raise ValueError(f'--out: cannot write in {parent} ({e.strerror})') from None
+    os.close(fd); os.unlink(tmp)
+    return out
+
 @command('stats', 'Reference FID statistics of a dataset (mean, covariance of features), cached, written to --out.', _stats_args)
 def _stats(args):
-    from pathlib import Path
-    from dinof import metrics
-    out = Path(args.out)
-    if out.suffix != '.npz': raise ValueError(f'--out: {out} must end in .npz')
-    if out.exists() and not args.force: raise ValueError(f'--out: {out} exists (pass --force to overwrite it)')
+    out = _check_out(args.out, args.force)       # first: a bad --out costs nothing
     _check_batch_size(args.batch_size)
-    from dinof.data import get_dataset
-    data = get_dataset(args.dataset, root=args.data_root, split=args.split)     # bad names fail before a network loads
-    ext = metrics.get_extractor(args.extractor or 'inception', weights=args.weights, device=args.device, batch_size=args.batch_size)
-    st = metrics.reference_stats(args.dataset, ext, split=args.split, data=data, progress=not args.no_progress)
+    from dinof import metrics
+    from dinof.data import TOY2D, DATASETS, get_dataset
+    if args.dataset in TOY2D + ('toy2d',):
+        images = ', '.join(d for d in DATASETS if d != 'toy2d')
+        raise ValueError(f'--dataset: {args.dataset} is a toy 2-D density, not images; FID statistics need an image dataset ({images})')
+    data = get_dataset(args.dataset, root=args.data_root, split=args.split, image_size=args.image_size,
+                       num_channels=args.num_channels)   # bad names and paths fail before a network loads
+    ext = metrics.get_extractor(args.extractor or 'inception', weights=args.weights, device=args.device,
+                                batch_size=args.batch_size, preprocess=args.preprocess)
+    st = metrics.reference_stats(args.dataset, ext, split=args.split, data=data, force=args.force, progress=not args.no_progress)
     st.save(out)
-    print(f'wrote {out}: {args.dataset}/{args.split}, N={st.n}, extractor {st.extractor}:{st.extractor_hash}')
+    print(f'wrote {out}: {args.dataset}/{args.split}, N={st.n}, extractor {st.extractor}:{st.extractor_hash}, preprocess {st.preprocess}')
     return 0
 
 def _fid_args(p):
-    p.add_argument('--images', required=True, help='a folder of image files or an .npz array of images')
+    p.add_argument('--images', required=True, help='a folder of image files, or an .npz / .npy array of images')
     p.add_argument('--ref', required=True, help='reference statistics (.npz from dinof stats)')
     p.add_argument('--n', type=int, default=None, help='score a random subset of this many images (default: all)')
     p.add_argument('--seed', type=int, default=0, help='seed of the --n subset (default: 0)')
@@ -90,27 +117,205 @@ def _fid(args):
     import numpy as np, torch
     from dinof import metrics
     _check_batch_size(args.batch_size)
+    if args.seed < 0: raise ValueError(f'--seed: must be >= 0, got {args.seed}')
     ref = metrics.FIDStats.load(args.ref)
     name = args.extractor or ref.extractor
     if name not in metrics.EXTRACTORS:
         raise ValueError(f'--ref: {args.ref} names the extractor {name!r}; pass --extractor (one of {", ".join(metrics.EXTRACTORS)})')
-    images = metrics.load_images(args.images)
+    images = metrics.open_images(args.images)     # validated (sizes, layout, values) without decoding every image
     total = len(images)
     if args.n is not None:
         if not 2 <= args.n <= total: raise ValueError(f'--n: must be between 2 and the number of images ({total}), got {args.n}')
-        idx = np.sort(np.random.default_rng(args.seed).choice(total, args.n, replace=False))
-        images = images[torch.from_numpy(idx)]
-    ext = metrics.get_extractor(name, weights=args.weights, device=args.device, batch_size=args.batch_size)
-    if (ext.name, ext.hash) != (ref.extractor, ref.extractor_hash):
-        raise ValueError(f'--ref: {args.ref} was computed with the extractor {ref.extractor}:{ref.extractor_hash}, '
-                         f'not {ext.name}:{ext.hash}; scores from different networks cannot be compared')
-    feats = ext.features(images, progress=not args.no_progress)
-    st = metrics.RunningStats(feats.shape[1]).update(feats).stats(ext.name, ext.hash)
+        images = images.select(np.sort(np.random.default_rng(args.seed).choice(total, args.n, replace=False)))
+    if len(images) < 2: raise ValueError(f'--images: {args.images} holds {total} image; FID needs at least 2')
+    preprocess = args.preprocess or (ref.preprocess if name == ref.extractor else None) or None
+    ext = metrics.get_extractor(name, weights=args.weights, device=args.device, batch_size=args.batch_size, preprocess=preprocess)
+    ref.check_extractor(ext, name=f'--ref: {args.ref}')
+    rs, logits = None, []
+    for f, lg in metrics.feature_batches(images, ext, progress=not args.no_progress, logits=ext.head is not None):
+        rs = rs or metrics.RunningStats(f.shape[1])
+        rs.update(f)
+        if lg is not None: logits.append(lg)
+    st = rs.stats(ext.name, ext.hash, ext.preprocess)
     score = ref.fid(st)
     subset = f' (random subset of {total}, seed {args.seed})' if args.n is not None else ''
-    print(f'FID {score:.4f}  extractor {ext.name}:{ext.hash}  N={st.n}{subset}  ref N={ref.n}')
-    if ext.head is not None:
-        with torch.inference_mode(): logits = ext.head(feats.to(ext.device)).float().cpu()
-        m, s = metrics.inception_score(logits, splits=min(10, len(logits)))
-        print(f'IS {m:.4f} +- {s:.4f}  extractor {ext.name}:{ext.hash}  N={st.n}{subset}  splits={min(10, len(logits))}')
+    who = f'extractor {ext.name}:{ext.hash}  preprocess {ext.preprocess}'
+    print(f'FID {score:.4f}  {who}  N={st.n}{subset}  ref N={ref.n}')
+    if logits:
+        logits = torch.cat(logits); splits = min(10, len(logits))
+        m, s = metrics.inception_score(logits, splits=splits)
+        print(f'IS {m:.4f} +- {s:.4f}  {who}  N={st.n}{subset}  splits={splits}')
     return 0
+
+# %% ../nbs/11_cli.ipynb #5eefd076
+def _device_progress(p):
+    p.add_argument('--device', default=None, help="'cpu', 'cuda' or 'cuda:N' (default: $DINOF_DEVICE, else cuda if available)")
+    p.add_argument('--no-progress', action='store_true', help='no progress bar or progress lines')
+
+def _positive(name: str, v, lo: int = 1):
+    if v is not None and v < lo: raise ValueError(f'{name}: must be >= {lo}, got {v}')
+
+def _train_args(p):
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument('--preset', help='a dinof.config preset, e.g. toy2d, fmnist_small, vp_cifar10_ddpmpp_continuous')
+    g.add_argument('--config', help='a JSON config file (dinof.config.Config.to_json)')
+    p.add_argument('--workdir', default=None, help='folder of the run: checkpoints, log.jsonl, previews (default: runs/NAME)')
+    p.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE', help='override one setting (repeatable)')
+    p.add_argument('--resume', action='store_true', help="continue the workdir's run from its latest checkpoint (start one if there is none)")
+    p.add_argument('--steps', type=int, default=None, help='train this many more steps (default: up to training.n_iters)')
+    _device_progress(p)
+
+@command('train', 'Train DiNof from a preset or a JSON config (data-parallel under torchrun); checkpoints and a JSON-lines log in --workdir.', _train_args)
+def _train(args):
+    from pathlib import Path
+    from dinof.config import PRESETS, Config, get_config
+    _positive('--steps', args.steps)
+    if args.preset is not None:
+        if args.preset not in PRESETS: raise ValueError(f'--preset: {args.preset!r} is not a preset; presets: {", ".join(PRESETS)}')
+        cfg = get_config(args.preset)
+    else:
+        if not Path(args.config).is_file(): raise ValueError(f'--config: no such file {args.config!r}')
+        cfg = Config.from_json(args.config)
+    if args.set:
+        try: cfg = cfg.override(*args.set)
+        except ValueError as e: raise ValueError(f'--set: {e}') from None
+    from dinof.train import Trainer
+    t = Trainer(cfg, args.workdir or f'runs/{args.preset or Path(args.config).stem}', device=args.device, resume=args.resume,
+                progress=not args.no_progress)
+    try: t.train(args.steps)
+    except FloatingPointError as e:     # not a usage error: status 1
+        print(f'dinof: error: {e}', file=sys.stderr); return 1
+    finally: t.close()
+    if t.rank == 0: print(f'step {t.step}: {t.last_checkpoint}')
+    return 0
+
+def _sampling_args(p):
+    p.add_argument('--checkpoint', required=True, help='a training checkpoint (ckpt_*.pt), or a run folder for its latest')
+    p.add_argument('--prior', choices=('flow', 'gaussian'), default=None, help="the flow at t_m (DiNof) or the Gaussian at T (default: the config's)")
+    p.add_argument('--method', default=None, help="pc, euler, heun, rk45, dpm1, dpm2 or dpm3 (default: the config's)")
+    p.add_argument('--steps', type=int, default=None, help="sampling steps (default: the config's)")
+    p.add_argument('--n', type=int, default=None, help='number of samples')
+    p.add_argument('--seed', type=int, default=0, help='sample i draws its noise from (seed, i) (default: 0)')
+    p.add_argument('--batch-size', type=int, default=None, help="samples per batch (default: the config's sampling.batch_size)")
+    p.add_argument('--no-ema', action='store_true', help='the raw weights instead of their EMA')
+    _device_progress(p)
+
+def _load(args):
+    "The checked sampling arguments and the checkpoint's `Models`."
+    from pathlib import Path
+    from dinof.sampling import METHODS
+    from dinof.train import find_checkpoint, load_models
+    _positive('--n', args.n); _positive('--steps', args.steps); _positive('--batch-size', args.batch_size); _positive('--seed', args.seed, 0)
+    if args.method is not None and args.method not in METHODS: raise ValueError(f'--method: {args.method!r} is not a method; methods: {", ".join(METHODS)}')
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        found = find_checkpoint(path)
+        if found is None: raise ValueError(f'--checkpoint: {path} holds no checkpoint (ckpt_*.pt)')
+        path = found
+    elif not path.is_file(): raise ValueError(f'--checkpoint: no such file or folder {str(path)!r}')
+    m = load_models(path, device=args.device, ema=not args.no_ema)
+    method = args.method or m.config.sampling.method
+    if method not in ('pc', 'rk45') and (args.steps or m.config.sampling.steps) is None:
+        raise ValueError(f'--steps: method {method} needs a number of steps')
+    return m
+
+def _generate(m, args, n: int):
+    "`n` samples in batches; sample i's noise depends on (seed, i) only. Returns the samples and the network evaluations per sample."
+    import torch
+    from fastprogress.fastprogress import progress_bar
+    kw = {k: v for k, v in (('method', args.method), ('steps', args.steps)) if v is not None}
+    bs = args.batch_size or m.config.sampling.batch_size
+    out, nfe, starts = [], 0, range(0, n, bs)
+    for i in (starts if args.no_progress else progress_bar(starts)):
+        r = m.sample(min(bs, n - i), args.prior, seed=args.seed, first=i, **kw)
+        out.append(r.samples.cpu()); nfe = r.nfe
+    return torch.cat(out), nfe
+
+def _sample_args(p):
+    _sampling_args(p)
+    p.add_argument('--out', default='samples.png', help='a .png (image grid, or scatter plot of 2-D points) or an .npz (uint8 images [N, C, H, W], or the points)')
+
+@command('sample', 'Samples from a trained DiNof model (flow prior at t_m or Gaussian at T), as a picture or an array.', _sample_args)
+def _sample(args):
+    import time
+    from pathlib import Path
+    from dinof.train import save_samples
+    out = Path(args.out)
+    if out.suffix not in ('.png', '.npz'): raise ValueError(f'--out: {out} must end in .png (a picture) or .npz (the array)')
+    if out.is_dir(): raise ValueError(f'--out: {out} is a folder')
+    if not out.absolute().parent.is_dir(): raise ValueError(f'--out: the folder {out.absolute().parent} does not exist')
+    m = _load(args)
+    n, t0 = args.n or 64, time.time()
+    x, nfe = _generate(m, args, n)
+    prior = args.prior or m.config.sampling.prior
+    save_samples(x, out, m.config.resolved().data.centered, f'{prior} prior, step {m.step}')
+    print(f'wrote {n} samples to {out}: step {m.step}, {prior} prior, {args.method or m.config.sampling.method}, '
+          f'{nfe} network evaluations per sample, {time.time() - t0:.1f} s')
+    return 0
+
+def _eval_args(p):
+    _sampling_args(p)
+    p.add_argument('--metric', default='fid', choices=('fid', 'kid', 'is', 'bpd'), help='fid (default), kid, is, or bpd (test split)')
+    p.add_argument('--stats', default=None, help='fid: reference statistics (.npz from dinof stats); default: the training set, cached')
+    p.add_argument('--extractor', default=None, help='inception, pt_inception or fmnist (default: fmnist for Fashion-MNIST, else inception)')
+    p.add_argument('--data-root', default=None, help="the dataset's folder (default: the config's data.root)")
+
+def _bpd(m, args, n: int):
+    import torch
+    from dinof.core import bpd_offset, scale_data, uniform_dequantize
+    from dinof.data import Toy2D, get_dataset
+    from dinof.likelihood import bits_per_dim
+    cfg = m.config.resolved()
+    ds = get_dataset(split='test', **{**cfg.dataset_kwargs(), 'random_flip': False, **({'root': args.data_root} if args.data_root else {})})
+    g = torch.Generator().manual_seed(args.seed)
+    if isinstance(ds, Toy2D): x, offset = ds.sample(n, generator=g), 0.
+    else:
+        if n > len(ds): raise ValueError(f'--n: the test split has {len(ds)} images, got {n}')
+        x = uniform_dequantize(torch.stack([ds[i] for i in range(n)]), generator=g)   # score_sde's protocol
+        x, offset = scale_data(x, cfg.data.centered), bpd_offset(cfg.data.centered)
+    dev = next(m.score_model.parameters()).device
+    prior, bs = m.prior(args.prior), args.batch_size or m.config.eval.batch_size
+    b = torch.cat([bits_per_dim(x[i:i + bs].to(dev), prior, m.sde, m.score_model, offset=offset, seed=args.seed, first=i).cpu()
+                   for i in range(0, n, bs)]).double()
+    print(f'bits/dim {b.mean():.4f} +- {b.std() / n ** 0.5:.4f} (standard error)  N={n} test {"points" if isinstance(ds, Toy2D) else "images"}, '
+          f'{prior.__class__.__name__} at t = {prior.t_m:g}, step {m.step}')
+
+@command('eval', 'FID / KID / IS of samples from a trained model, or bits/dim of the test split through the likelihood ODE.', _eval_args)
+def _eval(args):
+    import numpy as np, torch
+    from dinof.core import to_uint8
+    if args.stats is not None and args.metric != 'fid': raise ValueError(f'--stats: only --metric fid uses reference statistics, not {args.metric}')
+    m = _load(args)
+    cfg = m.config.resolved()
+    n = args.n or m.config.eval.num_samples
+    if args.metric == 'bpd': _bpd(m, args, n); return 0
+    if cfg.data.dataset == 'toy2d': raise ValueError(f'--metric: {args.metric} needs image data; a toy2d model supports --metric bpd')
+    _positive('--n', n, 2)
+    from dinof import metrics
+    from dinof.data import get_dataset
+    ref = metrics.FIDStats.load(args.stats) if args.stats else None
+    name = args.extractor or (ref.extractor if ref else None) or ('fmnist' if cfg.data.dataset == 'fashion_mnist' else 'inception')
+    ext = metrics.get_extractor(name, device=args.device, preprocess=ref.preprocess if ref and ref.extractor == name else None)
+    if ref is not None: ref.check_extractor(ext, name=f'--stats: {args.stats}')
+    images = to_uint8(_generate(m, args, n)[0], cfg.data.centered)
+    prior = args.prior or m.config.sampling.prior
+    who = f'N={n}, {prior} prior, step {m.step}, extractor {ext.name}:{ext.hash}'
+    data = lambda: get_dataset(split='train', **{**cfg.dataset_kwargs(), 'random_flip': False, **({'root': args.data_root} if args.data_root else {})})
+    if args.metric == 'is':
+        mean, std = metrics.inception_score(ext.logits(images), splits=min(10, n))
+        print(f'IS {mean:.4f} +- {std:.4f}  {who}')
+    elif args.metric == 'fid':
+        ref = ref or metrics.reference_stats(cfg.data.dataset, ext, data=data(), progress=not args.no_progress)
+        print(f'FID {ref.fid(metrics.compute_stats(images, ext, progress=False)):.4f}  {who}  ref N={ref.n}')
+    else:
+        ds = data()
+        idx = np.sort(np.random.default_rng(args.seed).choice(len(ds), min(len(ds), max(n, 1000)), replace=False))
+        real = ext.features(torch.stack([ds[int(i)] for i in idx]))
+        mean, std = metrics.kid(ext.features(images), real, subset_size=min(1000, n, len(real)))
+        print(f'KID {mean:.5f} +- {std:.5f}  {who}  ref N={len(real)}')
+    return 0
+
+# %% ../nbs/11_cli.ipynb #4316c6f3
+#| eval: false
+if __name__ == '__main__':   # python -m dinof.cli, what torchrun runs (not run in the notebook)
+    sys.exit(main())

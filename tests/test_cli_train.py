@@ -1,0 +1,92 @@
+"`dinof train / sample / eval` as a user runs them: the installed console script, and torchrun."
+import json, os, subprocess, sys, sysconfig
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+from dinof.config import get_config
+
+SCRIPTS = Path(sysconfig.get_path('scripts'))
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', 'PYTHONDONTWRITEBYTECODE': '1'}
+TOY = ['--preset', 'toy2d', '--no-progress', '--set', 'training.n_iters=20', '--set', 'training.batch_size=64',
+       '--set', 'training.log_freq=10']
+
+def dinof(*args, env=None, timeout=300):
+    return subprocess.run([str(SCRIPTS / 'dinof'), *map(str, args)], capture_output=True, text=True, env=env or ENV, timeout=timeout)
+
+def one_line_error(r, starts: str):
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert r.stderr.count('\n') == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert r.stderr.startswith(f'dinof: error: {starts}'), r.stderr
+
+def test_train_resume_sample_eval(tmp_path):
+    wd = tmp_path / 'toy'
+    r = dinof('train', *TOY, '--workdir', wd)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines()[-1] == f'step 20: {wd}/ckpt_00000020.pt'
+    assert [json.loads(l)['step'] for l in (wd / 'log.jsonl').read_text().splitlines()] == [10, 20]
+    one_line_error(dinof('train', *TOY, '--workdir', wd), f'workdir: {wd} already holds checkpoints')
+    r = dinof('train', *TOY, '--workdir', wd, '--resume', '--steps', '5')
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == f'step 25: {wd}/ckpt_00000025.pt', r.stderr[-2000:]
+    r = dinof('sample', '--checkpoint', wd, '--n', '500', '--steps', '20', '--prior', 'gaussian', '--out', tmp_path / 'g.png', '--no-progress')
+    assert r.returncode == 0 and (tmp_path / 'g.png').stat().st_size > 1000, r.stderr[-2000:]
+    assert r.stdout.startswith(f'wrote 500 samples to {tmp_path}/g.png: step 25, gaussian prior, pc, 20 network evaluations per sample')
+    r = dinof('eval', '--checkpoint', wd / 'ckpt_00000025.pt', '--metric', 'bpd', '--n', '4', '--no-progress')
+    assert r.returncode == 0 and r.stdout.startswith('bits/dim ') and 'N=4 test points' in r.stdout, r.stderr[-2000:]
+    one_line_error(dinof('sample', '--checkpoint', wd, '--n', '0'), '--n: must be >= 1, got 0')
+    (tmp_path / 'junk.pt').write_bytes(b'junk')
+    one_line_error(dinof('eval', '--checkpoint', tmp_path / 'junk.pt'), f'checkpoint: {tmp_path}/junk.pt is not readable')
+
+# each bad argument as a user meets it (more cases, in-process, in nbs/11_cli.ipynb)
+@pytest.mark.parametrize('args, starts', [
+    (['train', '--preset', 'nope'], "--preset: 'nope' is not a preset; presets: "),
+    (['train', *TOY, '--set', 'training.batch_size=zero'], '--set: training.batch_size: must be an integer'),
+    (['train', *TOY, '--workdir', '/proc/dinof-run'], 'workdir: /proc/dinof-run is not a writable folder'),
+    (['train', '--preset', 'toy2d', '--config', 'x.json'], 'argument --config: not allowed with argument --preset'),
+])
+def test_bad_arguments_are_one_line_exit_2(args, starts):
+    one_line_error(dinof(*args), starts)
+
+@pytest.mark.slow   # ~20 s; the DDP arithmetic itself is tested in tests/test_train.py
+def test_torchrun_two_processes(tmp_path):
+    wd = tmp_path / 'ddp'
+    r = subprocess.run([str(SCRIPTS / 'torchrun'), '--standalone', '--nproc_per_node=2', '-m', 'dinof.cli', 'train', *TOY,
+                        '--workdir', str(wd)], capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count('step 20: ') == 1, r.stdout     # rank 0 alone reports
+    from dinof.train import load_checkpoint
+    assert load_checkpoint(wd / 'ckpt_00000020.pt')['step'] == 20
+
+def _gray_folder(root: Path, n=40):
+    from PIL import Image
+    root.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        x = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 36, 36, generator=g), 5, stride=1)[0, 0]
+        Image.fromarray(((x - x.min()) / (x.max() - x.min()) * 255).round().byte().numpy(), mode='L').save(root / f'{i:03d}.png')
+
+def test_image_model_fid_kid_is(tmp_path, monkeypatch, capsys):
+    from dinof.cli import main
+    _gray_folder(tmp_path / 'imgs')
+    env = {**ENV, 'XDG_CACHE_HOME': str(tmp_path / 'cache')}
+    monkeypatch.setenv('XDG_CACHE_HOME', env['XDG_CACHE_HOME'])
+    wd = tmp_path / 'run'
+    r = dinof('train', '--preset', 'fmnist_small', '--no-progress', '--workdir', wd, '--set', 'data.dataset=image_folder',
+              '--set', f'data.root={tmp_path / "imgs"}', '--set', 'training.batch_size=8', '--set', 'training.n_iters=2', env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    common = ['--checkpoint', wd, '--n', '16', '--method', 'euler', '--steps', '2', '--extractor', 'fmnist', '--no-progress']
+    r = dinof('eval', *common, '--metric', 'fid', env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = {'fid': r.stdout}
+    torch.set_num_threads(1)
+    for metric in ('kid', 'is'):                           # in this process: the same code, without a second start-up
+        assert main(['eval', *map(str, common), '--metric', metric]) == 0
+        out[metric] = capsys.readouterr().out
+    assert out['fid'].startswith('FID ') and 'ref N=40' in out['fid'] and float(out['fid'].split()[1]) > 0
+    assert out['kid'].startswith('KID ') and 'ref N=40' in out['kid']
+    assert out['is'].startswith('IS ') and float(out['is'].split()[1]) >= 1
+    assert main(['sample', '--checkpoint', str(wd), '--n', '6', '--method', 'euler', '--steps', '2', '--out', str(tmp_path / 's.npz'), '--no-progress']) == 0
+    S = get_config('fmnist_small').data.image_size
+    with np.load(tmp_path / 's.npz') as z: assert z['samples'].shape == (6, 1, S, S) and z['samples'].dtype == np.uint8
+    assert main(['eval', *map(str, common), '--metric', 'kid', '--stats', str(tmp_path / 'x.npz')]) == 2
+    assert capsys.readouterr().err == 'dinof: error: --stats: only --metric fid uses reference statistics, not kid\n'
