@@ -30,8 +30,9 @@ data:
 
 test: test-nbs test-py
 
+# two notebooks at a time, one thread each: two workers with two threads apiece oversubscribe two cores (up to 10x slower)
 test-nbs: $(STAMP) data
-	$(BIN)/nbdev_test --n_workers 2 --timing
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
 test-py: $(STAMP) data
 	$(BIN)/python -m pytest -q tests
