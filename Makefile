@@ -12,7 +12,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 export MALLOC_TOP_PAD_ ?= 536870912
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: mathjax install data test test-nbs test-py test-slow check-sync export clean-nbs readme run-nbs docs-check
+.PHONY: mathjax install data quickstart bench test test-nbs test-py test-slow check-sync export clean-nbs readme run-nbs docs-check
 
 $(STAMP): settings.ini setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ data:
 	@test -f $(FMNIST) || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }; \
 	  else echo "Fashion-MNIST not found: install Debian's dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist)"; fi; }
+
+# the main job: set-up (first run only), then train, sample and score the Fashion-MNIST DiNof in ./quickstart (~10 min on 2 cores)
+quickstart: $(STAMP) data
+	$(BIN)/dinof quickstart --workdir quickstart
+
+# the Fashion-MNIST study (hours on 2 cores; resumable: run it again to continue), then its summary and timing
+bench: $(STAMP) data
+	$(BIN)/dinof bench quality --root bench/fashion_mnist
+	$(BIN)/dinof bench speed --root bench/fashion_mnist
 
 test: test-nbs test-py
 

@@ -114,11 +114,11 @@ def _fid_args(p):
 
 @command('fid', 'FID (and IS where the extractor has logits) of images against reference statistics.', _fid_args)
 def _fid(args):
-    import numpy as np, torch
+    import numpy as np
     from dinof import metrics
     _check_batch_size(args.batch_size)
     if args.seed < 0: raise ValueError(f'--seed: must be >= 0, got {args.seed}')
-    ref = metrics.FIDStats.load(args.ref)
+    ref = _load_stats(args.ref, '--ref')
     name = args.extractor or ref.extractor
     if name not in metrics.EXTRACTORS:
         raise ValueError(f'--ref: {args.ref} names the extractor {name!r}; pass --extractor (one of {", ".join(metrics.EXTRACTORS)})')
@@ -131,21 +131,27 @@ def _fid(args):
     preprocess = args.preprocess or (ref.preprocess if name == ref.extractor else None) or None
     ext = metrics.get_extractor(name, weights=args.weights, device=args.device, batch_size=args.batch_size, preprocess=preprocess)
     ref.check_extractor(ext, name=f'--ref: {args.ref}')
-    rs, logits = None, []
-    for f, lg in metrics.feature_batches(images, ext, progress=not args.no_progress, logits=ext.head is not None):
-        rs = rs or metrics.RunningStats(f.shape[1])
+    rs = metrics.RunningStats(ext.dim)
+    splits = min(10, len(images))
+    iscore = metrics.RunningIS(len(images), splits) if ext.head is not None else None   # per split sums, not every logit
+    for f, lg in metrics.feature_batches(images, ext, progress=not args.no_progress, logits=iscore is not None):
         rs.update(f)
-        if lg is not None: logits.append(lg)
+        if iscore is not None: iscore.update(lg)
     st = rs.stats(ext.name, ext.hash, ext.preprocess)
     score = ref.fid(st)
     subset = f' (random subset of {total}, seed {args.seed})' if args.n is not None else ''
     who = f'extractor {ext.name}:{ext.hash}  preprocess {ext.preprocess}'
     print(f'FID {score:.4f}  {who}  N={st.n}{subset}  ref N={ref.n}')
-    if logits:
-        logits = torch.cat(logits); splits = min(10, len(logits))
-        m, s = metrics.inception_score(logits, splits=splits)
+    if iscore is not None:
+        m, s = iscore.score()
         print(f'IS {m:.4f} +- {s:.4f}  {who}  N={st.n}{subset}  splits={splits}')
     return 0
+
+def _load_stats(path, option: str):
+    "Reference statistics; any problem with the file is one line starting with the option and the file."
+    from dinof import metrics
+    try: return metrics.FIDStats.load(path)
+    except (ValueError, FileNotFoundError) as e: raise ValueError(f'{option}: {e}') from None
 
 # %% ../nbs/11_cli.ipynb #5eefd076
 def _device_progress(p):
@@ -163,6 +169,8 @@ def _train_args(p):
     p.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE', help='override one setting (repeatable)')
     p.add_argument('--resume', action='store_true', help="continue the workdir's run from its latest checkpoint (start one if there is none)")
     p.add_argument('--steps', type=int, default=None, help='train this many more steps (default: up to training.n_iters)')
+    p.add_argument('--dist-timeout', type=float, default=None, metavar='SECONDS',
+                   help='under torchrun: how long a process waits for the others before giving up (default: 600)')
     _device_progress(p)
 
 @command('train', 'Train DiNof from a preset or a JSON config (data-parallel under torchrun); checkpoints and a JSON-lines log in --workdir.', _train_args)
@@ -170,6 +178,8 @@ def _train(args):
     from pathlib import Path
     from dinof.config import PRESETS, Config, get_config
     _positive('--steps', args.steps)
+    if args.dist_timeout is not None and not 0 < args.dist_timeout < float('inf'):
+        raise ValueError(f'--dist-timeout: must be a number of seconds > 0, got {args.dist_timeout:g}')
     if args.preset is not None:
         if args.preset not in PRESETS: raise ValueError(f'--preset: {args.preset!r} is not a preset; presets: {", ".join(PRESETS)}')
         cfg = get_config(args.preset)
@@ -181,7 +191,7 @@ def _train(args):
         except ValueError as e: raise ValueError(f'--set: {e}') from None
     from dinof.train import Trainer
     t = Trainer(cfg, args.workdir or f'runs/{args.preset or Path(args.config).stem}', device=args.device, resume=args.resume,
-                progress=not args.no_progress)
+                progress=not args.no_progress, **({'dist_timeout': args.dist_timeout} if args.dist_timeout is not None else {}))
     try: t.train(args.steps)
     except FloatingPointError as e:     # not a usage error: status 1
         print(f'dinof: error: {e}', file=sys.stderr); return 1
@@ -220,25 +230,43 @@ def _load(args):
     return m
 
 def _generate(m, args, n: int):
-    "`n` samples in batches; sample i's noise depends on (seed, i) only. Returns the samples and the network evaluations per sample."
-    import torch
+    "`(samples, network evaluations per sample)` of `n` samples, batch by batch (one in memory), on the CPU; sample i's noise depends on (seed, i) only."
     from fastprogress.fastprogress import progress_bar
     kw = {k: v for k, v in (('method', args.method), ('steps', args.steps)) if v is not None}
     bs = args.batch_size or m.config.sampling.batch_size
-    out, nfe, starts = [], 0, range(0, n, bs)
+    starts = range(0, n, bs)
     for i in (starts if args.no_progress else progress_bar(starts)):
         r = m.sample(min(bs, n - i), args.prior, seed=args.seed, first=i, **kw)
-        out.append(r.samples.cpu()); nfe = r.nfe
-    return torch.cat(out), nfe
+        yield r.samples.cpu(), r.nfe
+
+def _write_npz(path, batches, n: int, shape: tuple, dtype) -> int:
+    """Stream `n` samples, `(array, nfe)` batch by batch from `batches`, into the `.npz` `path` as `numpy.savez` would write
+    them (one member `samples.npy`, uncompressed), through a temporary file; returns the last batch's nfe."""
+    import zipfile
+    import numpy as np
+    from dinof.train import _atomic_write
+    nfe, dtype = 0, np.dtype(dtype)
+    def write(f):
+        nonlocal nfe
+        with zipfile.ZipFile(f, 'w') as zf, zf.open('samples.npy', 'w', force_zip64=True) as g:
+            np.lib.format.write_array_header_1_0(g, {'descr': np.lib.format.dtype_to_descr(dtype), 'fortran_order': False,
+                                                     'shape': (n, *shape)})
+            for x, nfe in batches: g.write(np.ascontiguousarray(x, dtype=dtype).tobytes())
+    _atomic_write(path, write, 'the samples')
+    return nfe
+
+_PICTURE = {'images': 256, 'points': 100_000}   # the most samples a .png shows
 
 def _sample_args(p):
     _sampling_args(p)
-    p.add_argument('--out', default='samples.png', help='a .png (image grid, or scatter plot of 2-D points) or an .npz (uint8 images [N, C, H, W], or the points)')
+    p.add_argument('--out', default='samples.png', help='a .png (image grid of at most 256 images, or scatter plot of 2-D points) or an .npz (uint8 images [N, C, H, W], or the points)')
 
 @command('sample', 'Samples from a trained DiNof model (flow prior at t_m or Gaussian at T), as a picture or an array.', _sample_args)
 def _sample(args):
     import time
     from pathlib import Path
+    import torch
+    from dinof.core import to_uint8
     from dinof.train import save_samples
     out = Path(args.out)
     if out.suffix not in ('.png', '.npz'): raise ValueError(f'--out: {out} must end in .png (a picture) or .npz (the array)')
@@ -246,9 +274,18 @@ def _sample(args):
     if not out.absolute().parent.is_dir(): raise ValueError(f'--out: the folder {out.absolute().parent} does not exist')
     m = _load(args)
     n, t0 = args.n or 64, time.time()
-    x, nfe = _generate(m, args, n)
-    prior = args.prior or m.config.sampling.prior
-    save_samples(x, out, m.config.resolved().data.centered, f'{prior} prior, step {m.step}')
+    prior, centered, shape = args.prior or m.config.sampling.prior, m.config.resolved().data.centered, tuple(m.config.data_shape)
+    kind = 'images' if len(shape) == 3 else 'points'
+    if out.suffix == '.npz':   # batch by batch into the file: memory does not grow with --n
+        to_array = (lambda x: to_uint8(x, centered).numpy()) if kind == 'images' else (lambda x: x.float().numpy())
+        nfe = _write_npz(out, ((to_array(x), k) for x, k in _generate(m, args, n)), n, shape, 'uint8' if kind == 'images' else 'float32')
+    else:
+        if n > _PICTURE[kind]:
+            print(f'note: a picture shows at most {_PICTURE[kind]} {kind}; drawing the first {_PICTURE[kind]} (write an .npz for all {n})')
+            n = _PICTURE[kind]
+        xs = list(_generate(m, args, n))
+        save_samples(torch.cat([x for x, _ in xs]), out, centered, f'{prior} prior, step {m.step}')
+        nfe = xs[-1][1]
     print(f'wrote {n} samples to {out}: step {m.step}, {prior} prior, {args.method or m.config.sampling.method}, '
           f'{nfe} network evaluations per sample, {time.time() - t0:.1f} s')
     return 0
@@ -293,26 +330,75 @@ def _eval(args):
     _positive('--n', n, 2)
     from dinof import metrics
     from dinof.data import get_dataset
-    ref = metrics.FIDStats.load(args.stats) if args.stats else None
+    ref = _load_stats(args.stats, '--stats') if args.stats else None
     name = args.extractor or (ref.extractor if ref else None) or ('fmnist' if cfg.data.dataset == 'fashion_mnist' else 'inception')
     ext = metrics.get_extractor(name, device=args.device, preprocess=ref.preprocess if ref and ref.extractor == name else None)
     if ref is not None: ref.check_extractor(ext, name=f'--stats: {args.stats}')
-    images = to_uint8(_generate(m, args, n)[0], cfg.data.centered)
+    if args.metric == 'is' and ext.head is None:
+        raise ValueError(f'--extractor: {ext.name} has no classifier head, so no Inception Score (use pt_inception, or fmnist for Fashion-MNIST)')
     prior = args.prior or m.config.sampling.prior
     who = f'N={n}, {prior} prior, step {m.step}, extractor {ext.name}:{ext.hash}'
     data = lambda: get_dataset(split='train', **{**cfg.dataset_kwargs(), 'random_flip': False, **({'root': args.data_root} if args.data_root else {})})
-    if args.metric == 'is':
-        mean, std = metrics.inception_score(ext.logits(images), splits=min(10, n))
-        print(f'IS {mean:.4f} +- {std:.4f}  {who}')
-    elif args.metric == 'fid':
+    if args.metric == 'fid':      # the reference first: a problem with the data shows before any sampling
         ref = ref or metrics.reference_stats(cfg.data.dataset, ext, data=data(), progress=not args.no_progress)
-        print(f'FID {ref.fid(metrics.compute_stats(images, ext, progress=False)):.4f}  {who}  ref N={ref.n}')
-    else:
+    elif args.metric == 'kid':
+        from torch.utils.data import Subset
         ds = data()
         idx = np.sort(np.random.default_rng(args.seed).choice(len(ds), min(len(ds), max(n, 1000)), replace=False))
-        real = ext.features(torch.stack([ds[int(i)] for i in idx]))
-        mean, std = metrics.kid(ext.features(images), real, subset_size=min(1000, n, len(real)))
+        real = torch.cat([f for f, _ in metrics.feature_batches(Subset(ds, idx.tolist()), ext, progress=False)])
+    # the samples, batch by batch: only their statistics (fid), features (kid) or split sums (is) are kept
+    stats, feats, iscore = metrics.RunningStats(ext.dim), [], metrics.RunningIS(n, min(10, n))
+    for x, _ in _generate(m, args, n):
+        images = to_uint8(x, cfg.data.centered)
+        if args.metric == 'is': iscore.update(ext.logits(images))
+        elif args.metric == 'fid': stats.update(ext.features(images))
+        else: feats.append(ext.features(images))
+    if args.metric == 'is':
+        mean, std = iscore.score()
+        print(f'IS {mean:.4f} +- {std:.4f}  {who}')
+    elif args.metric == 'fid':
+        print(f'FID {ref.fid(stats.stats(ext.name, ext.hash, ext.preprocess)):.4f}  {who}  ref N={ref.n}')
+    else:
+        mean, std = metrics.kid(torch.cat(feats), real, subset_size=min(1000, n, len(real)))
         print(f'KID {mean:.5f} +- {std:.5f}  {who}  ref N={len(real)}')
+    return 0
+
+# %% ../nbs/11_cli.ipynb #c1991fff
+def _quickstart_args(p):
+    p.add_argument('--workdir', default='quickstart', help='folder of the job: checkpoints, log, samples, metrics.json (default: quickstart)')
+    p.add_argument('--minutes', type=float, default=None, help='at most this many minutes of training (default: no limit)')
+    p.add_argument('--n', type=int, default=1000, help='samples drawn and scored (default: 1000)')
+    p.add_argument('--seed', type=int, default=0, help='seed of the samples (default: 0)')
+    p.add_argument('--steps', type=int, default=None, help="training steps in all (training.n_iters; default: the preset's)")
+    p.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE', help='override one setting of fmnist_small (repeatable)')
+    _device_progress(p)
+
+def _writable_folder(path, option: str):
+    "Refuse a folder that could not be created and written, without creating anything."
+    import os
+    from pathlib import Path
+    p = Path(path).expanduser().absolute()
+    if p.exists() and not p.is_dir(): raise ValueError(f'{option}: {path} exists and is not a folder')
+    q = p
+    while not q.exists(): q = q.parent
+    if not q.is_dir() or not os.access(q, os.W_OK | os.X_OK):
+        raise ValueError(f'{option}: {path} is not a writable folder ({q} is {"not a folder" if not q.is_dir() else "not writable"})')
+
+@command('quickstart', 'Train fmnist_small on Fashion-MNIST, sample it and score the samples: samples.png/.npz, loss.png, metrics.json in --workdir.', _quickstart_args)
+def _quickstart(args):
+    import math
+    from dinof.bench import PRESET, quickstart
+    from dinof.config import get_config
+    from dinof.core import get_device
+    _positive('--n', args.n, 2); _positive('--steps', args.steps); _positive('--seed', args.seed, 0)
+    if args.minutes is not None and not (args.minutes > 0 and math.isfinite(args.minutes)):
+        raise ValueError(f'--minutes: must be a number > 0, got {args.minutes:g}')
+    try: get_config(PRESET, *args.set)
+    except ValueError as e: raise ValueError(f'--set: {e}') from None
+    get_device(args.device)
+    _writable_folder(args.workdir, '--workdir')
+    quickstart(args.workdir, minutes=args.minutes, n_samples=args.n, seed=args.seed, progress=not args.no_progress,
+               device=args.device, steps=args.steps, overrides=tuple(args.set))
     return 0
 
 # %% ../nbs/11_cli.ipynb #4316c6f3

@@ -127,7 +127,7 @@ class TrainingConfig:
 class OptimConfig:
     "One Adam over both networks, with linear warm-up and gradient clipping (score_sde's `config.optim`)."
     optimizer: str = _f('Adam', ('Adam', 'AdamW'))
-    lr: float = _f(2e-4, lo=0, lo_open=True)
+    lr: float = _f(2e-4, lo=0, hi=1e6, lo_open=True)
     beta1: float = _f(0.9, lo=0, hi=1)
     beta2: float = _f(0.999, lo=0, hi=1)
     eps: float = _f(1e-8, lo=0, lo_open=True)
@@ -475,14 +475,14 @@ def _toy2d() -> Config:
 
 def _fmnist_small() -> Config:
     return Config(
-        data=DataConfig(dataset='fashion_mnist', image_size=32, num_channels=1, random_flip=False),
+        data=DataConfig(dataset='fashion_mnist', image_size=28, num_channels=1, random_flip=False),
         sde=SDEConfig(type='vpsde', num_scales=1000, t_m=0.6),
-        model=ModelConfig(nf=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1),
-        flow=FlowConfig(name='glow', levels=3, depth=4, hidden=64),
-        training=TrainingConfig(batch_size=64, n_iters=1000, continuous=True, ema_rate=0.999,
-                                snapshot_freq=500, log_freq=50, num_workers=0),
-        optim=OptimConfig(lr=5e-4, warmup=100, grad_clip=1.),
-        sampling=SamplingConfig(prior='flow', method='pc', steps=100, batch_size=64),
+        model=ModelConfig(nf=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(7,), dropout=0., resblock_type='ddpm'),
+        flow=FlowConfig(name='glow', levels=2, depth=2, hidden=32),
+        training=TrainingConfig(batch_size=128, n_iters=700, continuous=True, ema_rate=0.999, ema_warmup=True,
+                                snapshot_freq=500, snapshot_minutes=2., log_freq=25, num_workers=0),
+        optim=OptimConfig(lr=2e-3, warmup=100, grad_clip=1.),
+        sampling=SamplingConfig(prior='flow', method='dpm2', steps=12, schedule='logsnr', batch_size=250),
         eval=EvalConfig(num_samples=1000, batch_size=250, metrics=('fid', 'kid')))
 
 _PRESETS = {

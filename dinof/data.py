@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DataLoader, DistributedSampler
+from torch.utils.data import Dataset, DataLoader, DistributedSampler, default_collate
 from .core import bcast, rand, randn
 
 # %% auto #0
@@ -220,9 +220,16 @@ class _ArraysOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f'{module}.{name} is not allowed in a CIFAR-10 batch file')
 
 def _read_cifar_batch(path: Path) -> np.ndarray:
-    with open(path, 'rb') as f: d = _ArraysOnly(f, encoding='latin1').load()
-    d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
-    data = np.asarray(d['data'], dtype=np.uint8)
+    "The images `uint8 [N, 3, 32, 32]` of one batch file; anything else (damaged, or carrying code, which never runs) is one `ValueError`."
+    try:
+        with open(path, 'rb') as f: d = _ArraysOnly(f, encoding='latin1').load()
+        if not isinstance(d, dict): raise ValueError(f'it holds a {type(d).__name__}, not a dict')
+        d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
+        if 'data' not in d: raise ValueError('it has no entry data')
+        data = np.asarray(d['data'], dtype=np.uint8)
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        why = ' '.join(str(e).split())[:160] or type(e).__name__
+        raise ValueError(f'{path}: not a CIFAR-10 batch file ({why})') from None
     if data.ndim != 2 or data.shape[1] != 3072: raise ValueError(f'{path}: expected data of shape [N, 3072], got {data.shape}')
     return data.reshape(-1, 3, 32, 32)
 
@@ -327,6 +334,22 @@ def _dist_info(rank, world_size) -> tuple[int, int]:
         world_size = d.get_world_size() if world_size is None else world_size
     return (0 if rank is None else int(rank)), (1 if world_size is None else int(world_size))
 
+class _Failed:
+    "What a worker returns in place of an item (and of its batch) whose reading raised `error`."
+    def __init__(self, error: Exception): self.error = error
+
+class _Guarded(Dataset):
+    "`dataset` whose items' errors come back as values (`_Failed`), so that a worker process can hand them to the main one."
+    def __init__(self, dataset): self.dataset = dataset
+    def __len__(self): return len(self.dataset)
+    def __getitem__(self, i):
+        try: return self.dataset[i]
+        except Exception as e: return _Failed(e)
+
+def _collate(items):
+    bad = next((it for it in items if isinstance(it, _Failed)), None)
+    return bad if bad is not None else default_collate(items)
+
 class Loader:
     "Batches of `dataset` in an order fixed by `(seed, epoch, rank)`; the global `batch_size` is split across DDP ranks."
     def __init__(self, dataset, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = True,
@@ -342,8 +365,10 @@ class Loader:
         if isinstance(dataset, Toy2D): self.sampler = self.loader = None; return
         if len(dataset) < batch_size and drop_last: raise ValueError(f'batch_size: {batch_size} exceeds the dataset size {len(dataset)} with drop_last')
         self.sampler = DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=self.seed, drop_last=drop_last)
-        self.loader = DataLoader(dataset, batch_size=self.local_batch_size, sampler=self.sampler, drop_last=drop_last,
-                                 num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False)
+        guarded = num_workers > 0     # a worker's error comes back as a value: the user sees its own message, not torch's wrapper
+        self.loader = DataLoader(_Guarded(dataset) if guarded else dataset, batch_size=self.local_batch_size, sampler=self.sampler,
+                                 drop_last=drop_last, num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False,
+                                 **({'collate_fn': _collate} if guarded else {}))
 
     def set_epoch(self, epoch: int):
         "The epoch the next pass uses (e.g. when resuming a run)."
@@ -361,6 +386,7 @@ class Loader:
         self.sampler.set_epoch(epoch)
         g = torch.Generator().manual_seed(_mix(self.seed, epoch, self.rank, 1))
         for x in self.loader:
+            if isinstance(x, _Failed): raise x.error
             if self.random_flip:
                 flip = rand((x.shape[0],), generator=g) < 0.5
                 x = torch.where(bcast(flip, x), x.flip(-1), x)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_metrics.ipynb #14aa7def
 from __future__ import annotations
-import copy, hashlib, importlib.resources, importlib.util, math, os, re, tempfile, warnings, zipfile
+import copy, hashlib, importlib.resources, importlib.util, math, os, pickle, re, tempfile, warnings, zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -17,23 +17,34 @@ from .core import get_device
 
 # %% auto #0
 __all__ = ['INCEPTION_PREPROCESS', 'PT_INCEPTION_FILE', 'PT_INCEPTION_URL', 'IMAGE_SUFFIXES', 'EXTRACTORS', 'trace_sqrt_product',
-           'fid', 'kid', 'inception_score', 'RunningStats', 'FIDStats', 'check_images', 'weights_hash', 'Extractor',
-           'FMNISTClassifier', 'fmnist_extractor', 'inception_input', 'tf_inception_input', 'fid_helper_weights',
-           'fid_helper_inception', 'PTInception', 'pt_inception', 'fid_helper_state_dict', 'ImageFiles', 'open_images',
-           'load_images', 'get_extractor', 'feature_batches', 'compute_stats', 'stats_cache_dir', 'reference_stats']
+           'fid', 'kid', 'inception_score', 'RunningIS', 'RunningStats', 'FIDStats', 'check_images', 'weights_hash',
+           'Extractor', 'FMNISTClassifier', 'fmnist_extractor', 'inception_input', 'tf_inception_input',
+           'fid_helper_weights', 'fid_helper_inception', 'PTInception', 'pt_inception', 'fid_helper_state_dict',
+           'ImageFiles', 'open_images', 'load_images', 'get_extractor', 'feature_batches', 'compute_stats',
+           'stats_cache_dir', 'reference_stats']
 
 # %% ../nbs/08_metrics.ipynb #9715a6e0
 def _as_f64(a, name: str) -> np.ndarray:
     if isinstance(a, torch.Tensor): a = a.detach().cpu().double().numpy()
-    a = np.asarray(a, dtype=np.float64)
+    try: a = np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError) as e: raise ValueError(f'{name}: must hold numbers ({" ".join(str(e).split())[:100]})') from None
     if not np.isfinite(a).all(): raise ValueError(f'{name}: contains NaN or infinite values')
     return a
 
+_SYM_TOL, _PSD_TOL = 1e-5, 1e-3   # relative to the largest entry: far above rounding, far below a real defect
+
 def _check_gaussian(mu, sigma, name: str):
     mu, sigma = _as_f64(mu, f'mu{name}'), _as_f64(sigma, f'sigma{name}')
-    if mu.ndim != 1: raise ValueError(f'mu{name}: must be a vector [D], got shape {mu.shape}')
+    if mu.ndim != 1 or len(mu) == 0: raise ValueError(f'mu{name}: must be a vector [D] with D >= 1, got shape {mu.shape}')
     if sigma.shape != (len(mu), len(mu)):
         raise ValueError(f'sigma{name}: must be a [D, D] matrix matching mu{name} (D={len(mu)}), got shape {sigma.shape}')
+    scale = np.abs(sigma).max()
+    if np.abs(sigma - sigma.T).max() > _SYM_TOL * scale:
+        raise ValueError(f'sigma{name}: is not symmetric (|sigma - sigma^T| up to {np.abs(sigma - sigma.T).max():.3g}), so not a covariance')
+    if scale > 0:   # PSD up to rounding: Cholesky succeeds once the eigenvalues are lifted by _PSD_TOL x scale
+        try: np.linalg.cholesky((sigma + sigma.T) / 2 + _PSD_TOL * scale * np.eye(len(mu)))
+        except np.linalg.LinAlgError:
+            raise ValueError(f'sigma{name}: has negative eigenvalues (below -{_PSD_TOL:g} x its largest entry), so not a covariance') from None
     return mu, sigma
 
 def _sqrt_psd(s: np.ndarray) -> np.ndarray:
@@ -90,6 +101,39 @@ def inception_score(logits, splits: int = 10) -> tuple[float, float]:
         logpy = np.log(np.exp(part).mean(0))
         scores.append(math.exp((np.exp(part) * (part - logpy)).sum(1).mean()))
     return float(np.mean(scores)), float(np.std(scores))
+
+class RunningIS:
+    "`inception_score` of `n` images whose logits arrive in batches, in order: per split, the sum of p(y|x) and of sum_y p log p."
+    def __init__(self, n: int, splits: int = 10):
+        if not (isinstance(n, int) and n >= 1): raise ValueError(f'n: must be an integer >= 1, got {n!r}')
+        if not (isinstance(splits, int) and 1 <= splits <= n): raise ValueError(f'splits: must be between 1 and N={n}, got {splits!r}')
+        self.n, self.splits, self.seen, self.p_sum, self.plogp_sum = n, splits, 0, None, np.zeros(splits)
+        q, r = divmod(n, splits)   # np.array_split's sizes: the first r splits one longer
+        self.sizes = np.array([q + 1] * r + [q] * (splits - r))
+        self._ends = np.cumsum(self.sizes)
+
+    def update(self, logits) -> 'RunningIS':
+        lg = _as_f64(logits, 'logits')
+        if lg.ndim != 2 or (self.p_sum is not None and lg.shape[1] != self.p_sum.shape[1]):
+            raise ValueError(f'logits: must be a batch [B, K] with the same K in every batch, got shape {lg.shape}')
+        if self.seen + len(lg) > self.n: raise ValueError(f'logits: more than the n = {self.n} images announced')
+        if self.p_sum is None: self.p_sum = np.zeros((self.splits, lg.shape[1]))
+        logp = lg - lg.max(1, keepdims=True)
+        logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+        p = np.exp(logp)
+        part = np.searchsorted(self._ends, np.arange(self.seen, self.seen + len(lg)), side='right')
+        np.add.at(self.p_sum, part, p)
+        np.add.at(self.plogp_sum, part, (p * logp).sum(1))
+        self.seen += len(lg)
+        return self
+
+    def score(self) -> tuple[float, float]:
+        "Mean and std over splits of exp(mean_x KL(p(y|x) || p_split(y))), as `inception_score`."
+        if self.seen != self.n: raise ValueError(f'logits: {self.seen} of the n = {self.n} images given')
+        py = self.p_sum / self.sizes[:, None]
+        ent = (py * np.log(np.where(py > 0, py, 1.))).sum(1)
+        scores = np.exp(self.plogp_sum / self.sizes - ent)
+        return float(scores.mean()), float(scores.std())
 
 # %% ../nbs/08_metrics.ipynb #50bc35d7
 class RunningStats:
@@ -154,19 +198,23 @@ class FIDStats:
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise ValueError(f'{path}: not a readable .npz statistics file ({type(e).__name__})') from e
         if 'mu' not in d or 'sigma' not in d: raise ValueError(f'{path}: statistics need the arrays mu and sigma, found {sorted(d)}')
-        mu, sigma = _check_gaussian(d['mu'], d['sigma'], f' in {path}')
+        try: mu, sigma = _check_gaussian(d['mu'], d['sigma'], '')
+        except ValueError as e: raise ValueError(f'{path}: {e}') from None
         ext = str(d.get('extractor', ''))
         pre = str(d['preprocess']) if 'preprocess' in d else _LEGACY_PREPROCESS.get(ext, '')
         return cls(mu, sigma, int(d.get('n', -1)), ext, str(d.get('extractor_hash', '')), pre)
 
     def check_extractor(self, extractor, name: str = 'stats'):
-        "Raise `ValueError` unless features from `extractor` (network and preprocessing) are comparable with these statistics."
+        "Raise `ValueError` unless features from `extractor` (network, preprocessing, dimension) are comparable with these statistics."
         if (self.extractor, self.extractor_hash) != (extractor.name, extractor.hash):
             raise ValueError(f'{name} was computed with the extractor {self.extractor}:{self.extractor_hash}, not '
                              f'{extractor.name}:{extractor.hash}; scores from different networks cannot be compared')
         if self.preprocess != extractor.preprocess:
             raise ValueError(f'{name} was computed with the {self.preprocess!r} preprocessing, not {extractor.preprocess!r}; '
                              'scores from different preprocessings cannot be compared (choose the same one, or recompute the statistics)')
+        if len(self.mu) != extractor.dim:
+            raise ValueError(f'{name} holds statistics of {len(self.mu)} features, but the extractor {extractor.name} gives '
+                             f'{extractor.dim}; the file does not match the extractor it names')
 
     def fid(self, other: 'FIDStats') -> float:
         "FID against `other`; both must come from the same extractor and preprocessing."
@@ -217,8 +265,15 @@ class Extractor:
         self.head = head.eval().to(self.device) if head is not None else None
         self.prepare = prepare if prepare is not None else (lambda x: x)
         self.hash = weights_hash(net, head)
+        self._dim = None
 
     def __repr__(self): return f'Extractor({self.name}, hash={self.hash}, preprocess={self.preprocess!r}, device={self.device})'
+
+    @property
+    def dim(self) -> int:
+        "The feature dimension `D`: found once, from a blank 32x32 RGB image (before any real image is read)."
+        if self._dim is None: self._dim = self.features(torch.zeros(1, 3, 32, 32)).shape[1]
+        return self._dim
 
     @torch.inference_mode()
     def _batches(self, images, batch_size, logits: bool, progress: bool = False):
@@ -276,11 +331,22 @@ def _fmnist_input(x: torch.Tensor) -> torch.Tensor:
 
 def _asset(name: str) -> Path: return Path(str(importlib.resources.files('dinof'))) / 'assets' / name
 
+_REFUSED = 'refused: the file carries code or objects other than tensors (loaded with weights_only=True: {})'
+
+def _load_error(e: Exception) -> tuple[bool, str]:
+    """Why `torch.load(..., weights_only=True)` (or what follows it) failed, in one line, and whether it was the refusal of
+    a pickle naming a global (code, or an object other than tensors), which torch buries in a paragraph."""
+    if isinstance(e, pickle.UnpicklingError) and str(e).startswith('Weights only load failed'):
+        why = ' '.join(str(e.__context__ or '').split())[:120] or 'an unsupported pickle'
+        return ('global' in why.lower(), _REFUSED.format(why) if 'global' in why.lower() else f'UnpicklingError: {why}')
+    return False, f'{type(e).__name__}: {" ".join(str(e).split())[:120]}'
+
 def _load_weights(net: nn.Module, path: Path, what: str) -> nn.Module:
-    "`net` with the state dict in `path`; a file that is not one (corrupt, another network's) is a one-sentence `ValueError`."
+    "`net` with the state dict in `path`; a file that is not one (corrupt, another network's, carrying code) is a one-sentence `ValueError`."
     try: net.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
     except Exception as e:   # torch.load and load_state_dict raise many types (KeyError, UnpicklingError, RuntimeError, ...)
-        raise ValueError(f'{path}: not a {what} weights file ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ""})') from e
+        refused, why = _load_error(e)
+        raise ValueError(f'{path}: {why}' if refused else f'{path}: not a {what} weights file ({why})') from None
     return net
 
 def fmnist_extractor(weights=None, device=None, batch_size: int = 1000) -> Extractor:

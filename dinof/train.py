@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_train.ipynb #89fe68ee
 from __future__ import annotations
-import copy, datetime, json, math, os, random, signal, sys, threading, time
+import copy, datetime, errno, json, math, os, random, signal, sys, threading, time
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from .config import Config, get_config
 from .core import PerSampleGenerator, check, fail, get_device, log_prob_to_bpd, scale_data, uniform_dequantize
 from .data import Loader, Toy2D, forever, get_dataset
 from .losses import DiNofLoss, flow_input, flow_time
+from .metrics import _load_error
 from .sampling import FlowPrior, GaussianPrior, SampleResult, hybrid_sample
 
 # %% auto #0
@@ -108,34 +109,67 @@ def _fsync_dir(folder: Path):
     except OSError: pass
     finally: os.close(fd)
 
-def _atomic_write(path: Path, write):
-    "Write `path` through a temporary file in its folder: `write(f)`, flush, fsync, `os.replace`, fsync the folder."
+def _os_error(e: BaseException) -> OSError | None:
+    """The operating system's error behind `e`, if any: `torch.save` reports a failed write (a full disk, a file-size
+    limit) as `RuntimeError('... unexpected pos ...')` with the `OSError` as its context."""
+    x = e
+    while x is not None and not isinstance(x, OSError): x = x.__cause__ or x.__context__
+    return x
+
+def _atomic_write(path: Path, write, what: str = 'the file'):
+    """Write `path` through a temporary file in its folder: `write(f)`, flush, fsync, `os.replace`, fsync the folder.
+    Any failure of the write, the fsync or the rename is one `OSError` naming `path` and the system's reason; the temporary
+    file is removed and whatever `path` held before is untouched."""
     path = Path(path); tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     try:
         with open(tmp, 'wb') as f:
             write(f); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        os_err = _os_error(e)
+        if os_err is None: raise                 # not the system's refusal (a bug): as it is
+        why = os_err.strerror or _one_line(os_err)
+        raise OSError(os_err.errno or errno.EIO, f'could not write {what} ({why}); the previous files are unchanged', str(path)) from e
     finally:
-        if tmp.exists(): tmp.unlink()
+        try: tmp.unlink(missing_ok=True)
+        except OSError: pass          # e.g. the file system turned read-only: the file is a hidden `.tmp`, cleared at the next start
     _fsync_dir(path.parent)
 
 def save_checkpoint(state: dict, path) -> Path:
     "Write `state` (tensors and plain containers) to `path` atomically: readers see the old file or the new one, never a part."
-    _atomic_write(Path(path), lambda f: torch.save(state, f))
+    _atomic_write(Path(path), lambda f: torch.save(state, f), 'the checkpoint')
     return Path(path)
 
 def _one_line(e: BaseException) -> str:
     s = ' '.join(str(e).split()) or type(e).__name__
     return s if len(s) <= 160 else s[:157] + '...'
 
+_ENTRIES = {'step': int, 'config': str, 'score': dict, 'flow': dict, 'ema_score': dict, 'ema_flow': dict}   # what sampling needs
+_RESUME_ENTRIES = {'optimizer': dict, 'scheduler': dict, 'rng': dict, 'seconds': (int, float), 'version': str}   # and a resume
+
+def _check_entries(ck: dict, path: Path, entries: dict):
+    "Every entry in `entries` present with its type (a `bool` is no step), else one `ValueError` naming the file and the entry."
+    for k, t in entries.items():
+        if k not in ck: raise ValueError(f'checkpoint: {path} is damaged: it has no entry {k!r}')
+        if not isinstance(ck[k], t) or isinstance(ck[k], bool):
+            names = ' or '.join(x.__name__ for x in (t if isinstance(t, tuple) else (t,)))
+            raise ValueError(f'checkpoint: {path} is damaged: its entry {k!r} is {type(ck[k]).__name__}, not {names}')
+
 def load_checkpoint(path, map_location='cpu') -> dict:
-    "A training checkpoint (`weights_only=True`); `ValueError` in one line if the file is damaged or not a dinof checkpoint."
+    """A training checkpoint (`weights_only=True`): `ValueError` in one line naming the file if it is damaged (truncated,
+    an entry missing or of the wrong type, a config that is not JSON), refused (a pickle carrying code) or not dinof's."""
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f'checkpoint: no such file {str(path)!r}')
     try: ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e: raise ValueError(f'checkpoint: {path} is not readable (truncated or corrupt: {_one_line(e)})') from e
+    except Exception as e:
+        refused, why = _load_error(e)
+        raise ValueError(f'checkpoint: {path} {why}' if refused else f'checkpoint: {path} is not readable (truncated or corrupt: {why})') from None
     if not isinstance(ck, dict) or ck.get('format') != _FORMAT:
         raise ValueError(f'checkpoint: {path} is not a dinof training checkpoint')
+    _check_entries(ck, path, _ENTRIES)
+    try: ok = isinstance(json.loads(ck['config']), dict)
+    except ValueError: ok = False
+    if not ok: raise ValueError(f'checkpoint: {path} is damaged: its config is not a JSON object')
     return ck
 
 def _checkpoints(workdir) -> list[tuple[int, Path]]:
@@ -223,14 +257,21 @@ def load_score_network(cfg: Config, path=None) -> tuple[Config, nn.Module, list[
     path = Path(path or cfg.training.score_checkpoint)
     if not path.is_file(): raise FileNotFoundError(f'training.score_checkpoint: no such file {str(path)!r}')
     try: ck = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    except Exception as e: raise ValueError(f'training.score_checkpoint: {path} is not readable ({_one_line(e)})') from e
+    except Exception as e:
+        refused, why = _load_error(e)
+        raise ValueError(f'training.score_checkpoint: {path} {why}' if refused else f'training.score_checkpoint: {path} is not readable ({why})') from None
     if isinstance(ck, dict) and ck.get('format') == _FORMAT:         # one of ours
-        theirs = Config.from_json(ck['config'])
+        try:
+            _check_entries(ck, path, _ENTRIES)
+            theirs = Config.from_json(ck['config'])
+        except ValueError as e: raise ValueError(f'training.score_checkpoint: {e}') from None
         if theirs.sde.type != cfg.sde.type: fail('training.score_checkpoint', f'{path} is a {theirs.sde.type} model, the config asks for {cfg.sde.type}')
         cfg, notes = _adopt_model(cfg, {'name': theirs.model.name, **theirs.model_dict()}, str(path))
         net = nets.build(cfg.model_dict())
         sm = nets.ScoreModel(net, cfg.build_sde(), cfg.training.continuous)
-        sm.load_state_dict(_unwrap_ema(ck['ema_score']))
+        try: sm.load_state_dict(_unwrap_ema(ck['ema_score']))
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise ValueError(f'training.score_checkpoint: {path} does not fit its own config ({_one_line(e)})') from None
         return cfg, net, notes
     if not (isinstance(ck, dict) and 'model' in ck):
         fail('training.score_checkpoint', f'{path} is neither a dinof checkpoint nor a score_sde one')
@@ -308,10 +349,14 @@ def _build_nets(cfg: Config):
 def load_models(path, *, device=None, ema: bool = True) -> Models:
     "The networks of a training checkpoint (EMA weights unless `ema=False`) on `device`, ready to sample."
     ck = load_checkpoint(path)
-    cfg = Config.from_json(ck['config'])
+    try: cfg = Config.from_json(ck['config'])
+    except ValueError as e: raise ValueError(f'checkpoint: {path} holds a config this dinof cannot use ({_one_line(e)})') from None
     sde, sm, fl = _build_nets(cfg)
-    sm.load_state_dict(_unwrap_ema(ck['ema_score']) if ema else ck['score'])
-    fl.load_state_dict(_unwrap_ema(ck['ema_flow']) if ema else ck['flow'])
+    try:
+        sm.load_state_dict(_unwrap_ema(ck['ema_score']) if ema else ck['score'])
+        fl.load_state_dict(_unwrap_ema(ck['ema_flow']) if ema else ck['flow'])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise ValueError(f'checkpoint: {path} does not fit its own config ({_one_line(e)})') from None
     dev = get_device(device)
     return Models(cfg, sde, sm.to(dev).eval(), fl.to(dev).eval(), int(ck['step']))
 
@@ -397,6 +442,7 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _warmup(o.warmup))
         self.step, self.seconds, self.last_checkpoint, self._saved_step, self._stop = 0, 0., None, None, False
         if ck is not None: self._load(ck, ck_path)
+        elif self.rank == 0: self._cut_log(0)     # a fresh start: a log left by a run killed before its first checkpoint goes
         self._amp = _amp_dtype(tr.autocast, self.device)
         self._ddp = []
         self._score_fwd = self._wrap(self.score_model, self.train_score)
@@ -455,6 +501,7 @@ class Trainer:
                 'seconds': self.seconds}
 
     def _load(self, ck: dict, path: Path):
+        _check_entries(ck, path, _RESUME_ENTRIES)
         diff = _config_diff(json.loads(ck['config']), self.cfg.to_dict())
         if diff: fail('checkpoint', f'{path} was made for another config; mismatched fields: {"; ".join(diff)}')
         try:
@@ -463,21 +510,33 @@ class Trainer:
             self.opt.load_state_dict(ck['optimizer']); self.sched.load_state_dict(ck['scheduler'])
         except (KeyError, RuntimeError, ValueError) as e:
             raise ValueError(f'checkpoint: {path} does not fit this run ({_one_line(e)})') from e
-        _set_rng_state(ck['rng'])
+        try: _set_rng_state(ck['rng'])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f'checkpoint: {path} is damaged: its random state does not load ({_one_line(e)})') from None
         self.step, self.seconds, self.last_checkpoint, self._saved_step = int(ck['step']), float(ck['seconds']), path, int(ck['step'])
         if ck['version'] != dinof.__version__: self.notes.append(f'{path} was written by dinof {ck["version"]}, this is {dinof.__version__}')
-        if self.rank == 0 and (self.workdir / _LOG).is_file():    # the log continues from the checkpoint's step
-            keep = [l for l in (self.workdir / _LOG).read_text().splitlines() if l.strip() and json.loads(l)['step'] <= self.step]
-            _atomic_write(self.workdir / _LOG, lambda f: f.write(''.join(l + '\n' for l in keep).encode()))
+        if self.rank == 0: self._cut_log(self.step)
+
+    def _cut_log(self, step: int):
+        "Keep the log's complete records up to `step` (a resume continues from there; 0: a fresh start, no records)."
+        p = self.workdir / _LOG
+        if not p.is_file(): return
+        lines = p.read_text().splitlines(keepends=True)
+        def kept(l):
+            try: return l.endswith('\n') and json.loads(l)['step'] <= step
+            except (ValueError, KeyError, TypeError): return False    # a line half written by a killed run
+        keep = [l for l in lines if kept(l)]
+        if keep != lines: _atomic_write(p, lambda f: f.write(''.join(keep).encode()), 'the log')
 
     def save(self) -> Path | None:
-        "Write `ckpt_{step}.pt` (rank 0; atomically), then point `latest` at it, then keep the newest `training.keep`."
+        """Write `ckpt_{step}.pt` (rank 0; atomically), then point `latest` at it, then delete this run's older checkpoints
+        but the newest `training.keep` (a file of a later step, say of an abandoned longer run, is never deleted)."""
         self._saved_step = self.step
         if self.rank != 0: return None
         path = save_checkpoint(self.state_dict(), self.workdir / _CKPT.format(self.step))
-        _atomic_write(self.workdir / 'latest', lambda f: f.write(f'{path.name}\n'.encode()))
-        for _, old in _checkpoints(self.workdir)[:-self.cfg.training.keep]:
-            if old != path: old.unlink(missing_ok=True)
+        _atomic_write(self.workdir / 'latest', lambda f: f.write(f'{path.name}\n'.encode()), 'the pointer latest')
+        for _, old in [c for c in _checkpoints(self.workdir) if c[0] <= self.step][:-self.cfg.training.keep]:
+            old.unlink(missing_ok=True)
         self.last_checkpoint = path
         return path
 

@@ -90,3 +90,37 @@ def test_image_model_fid_kid_is(tmp_path, monkeypatch, capsys):
     with np.load(tmp_path / 's.npz') as z: assert z['samples'].shape == (6, 1, S, S) and z['samples'].dtype == np.uint8
     assert main(['eval', *map(str, common), '--metric', 'kid', '--stats', str(tmp_path / 'x.npz')]) == 2
     assert capsys.readouterr().err == 'dinof: error: --stats: only --metric fid uses reference statistics, not kid\n'
+
+# `dinof quickstart`: every bad argument is one line and status 2, checked before anything is written (in-process, and
+# one case through the console script); the job itself runs in nbs/11_cli.ipynb and tests/test_bench.py
+QUICKSTART_BAD = [
+    (['--n', '0'], '--n: must be >= 2, got 0'),
+    (['--n', '1'], '--n: must be >= 2, got 1'),
+    (['--steps', '0'], '--steps: must be >= 1, got 0'),
+    (['--minutes', '-5'], '--minutes: must be a number > 0, got -5'),
+    (['--minutes', 'nan'], '--minutes: must be a number > 0, got nan'),
+    (['--seed', '-1'], '--seed: must be >= 0, got -1'),
+    (['--set', 'training.batch_size=zero'], '--set: training.batch_size: must be an integer'),
+    (['--set', 'optim.lr=1e38'], '--set: optim.lr: '),
+    (['--set', 'batch_size=3'], "--set: override: 'batch_size' must be section.key"),
+    (['--workdir', '{d}/afile'], '--workdir: {d}/afile exists and is not a folder'),
+    (['--workdir', '{d}/afile/sub'], '--workdir: {d}/afile/sub is not a writable folder'),
+    (['--device', 'bogus'], "device: 'bogus' is not a device name"),
+    (['--n', 'many'], "argument --n: invalid int value: 'many'"),
+]
+
+@pytest.mark.parametrize('args, starts', QUICKSTART_BAD, ids=[' '.join(a) for a, _ in QUICKSTART_BAD])
+def test_quickstart_bad_arguments_are_one_line_exit_2(tmp_path, capsys, args, starts):
+    from dinof.cli import main
+    (tmp_path / 'afile').write_text('x')
+    argv = ['quickstart', '--workdir', str(tmp_path / 'qs'), '--no-progress', *[a.format(d=tmp_path) for a in args]]
+    try: rc = main(argv)
+    except SystemExit as e: rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count('\n') == 1 and 'Traceback' not in err, (rc, err)
+    assert err.startswith(f'dinof: error: {starts.format(d=tmp_path)}'), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['afile']          # nothing written
+
+def test_quickstart_bad_argument_in_a_real_process(tmp_path):
+    one_line_error(dinof('quickstart', '--workdir', tmp_path / 'qs', '--steps', '0'), '--steps: must be >= 1, got 0')
+    assert not (tmp_path / 'qs').exists()

@@ -144,6 +144,12 @@ COMMANDS = [  # (arguments; {d}: a folder of bad files, {run}: a finished toy ru
     ('eval --checkpoint {d}/missing.pt', '--checkpoint: no such file or folder'),
     ('stats --dataset nope --out {d}/o.npz', "name: 'nope' is not a dataset"),
     ('fid --images {d}/empty', 'the following arguments are required: --ref'),
+    ('quickstart --workdir {d}/qs --n 0', '--n: must be >= 2, got 0'),
+    ('quickstart --workdir {d}/qs --steps 0', '--steps: must be >= 1, got 0'),
+    ('quickstart --workdir {d}/qs --minutes -1', '--minutes: must be a number > 0, got -1'),
+    ('quickstart --workdir {d}/qs --set bogus.x=1', "--set: bogus.x: 'bogus' is not a config section"),
+    ('quickstart --workdir {d}/afile', '--workdir: {d}/afile exists and is not a folder'),
+    ('quickstart --workdir {d}/afile/sub', '--workdir: {d}/afile/sub is not a writable folder'),
 ]
 
 @pytest.mark.parametrize('args, starts', COMMANDS, ids=[a for a, _ in COMMANDS])
@@ -151,7 +157,7 @@ def test_a_bad_command_line_is_one_line_exit_2(places, args, starts, capsys, mon
     d, run = places
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
     monkeypatch.setenv('DINOF_DATA', str(d / 'empty'))
-    argv = args.format(d=d, run=run).split() + (['--no-progress'] if args.split()[0] in ('train', 'sample', 'eval') else [])
+    argv = args.format(d=d, run=run).split() + (['--no-progress'] if args.split()[0] in ('train', 'sample', 'eval', 'quickstart') else [])
     if argv[0] == 'train' and '--steps' not in argv: argv += ['--steps', '1']     # should a bad argument be accepted: one step
     files = lambda: sorted(str(p) for p in [*d.rglob('*'), *run.rglob('*')] if p.is_file())
     before = files()

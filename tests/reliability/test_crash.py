@@ -2,8 +2,8 @@
 often in flight) is killed with SIGKILL at random moments, resumed with `--resume` each time, then run to the end.
 After every kill, every checkpoint on disk must load and `latest` must name a complete one; at the end the parameters,
 EMA, optimizer and scheduler must equal, bit for bit, those of a run that was never interrupted (CPU, fixed seed, one
-thread), and the log must hold the uninterrupted run's records (a restart before the first checkpoint repeats them: a
-bug, the last test). The CI variant kills 3 times; the `slow` one 20 times."""
+thread), and the log must hold the uninterrupted run's records (also after a restart before the first checkpoint: the
+last test). The CI variant kills 3 times; the `slow` one 20 times."""
 import json, os, random, signal, time
 from pathlib import Path
 import pytest
@@ -60,7 +60,7 @@ def crash_loop(tmp_path: Path, kills: int, n_iters: int, seed: int):
     diff = state_mismatches(ref, got)
     lost(int(bool(diff)), f'final state differs from the uninterrupted run in {diff[:5]}')
     assert not diff, diff
-    # the log: the same records (the last one of each step; a restart before the first checkpoint repeats steps, see below)
+    # the log: the same records (a resume cuts the log back to its checkpoint's step, a fresh start begins it anew)
     recs = lambda wd: [{k: v for k, v in json.loads(l).items() if k not in ('images_per_s', 'seconds')}
                        for l in (wd / 'log.jsonl').read_text().splitlines()]
     mine, theirs = recs(wd), recs(tmp_path / 'straight')
@@ -78,8 +78,6 @@ def test_kill_9_twenty_times_then_resume_is_bit_exact(tmp_path):
     assert survived == 20
     assert in_write >= 1, 'with a checkpoint every step, some kill should land inside a write'
 
-@pytest.mark.xfail(strict=True, reason='bug: a fresh start in a workdir without checkpoints appends to the stale log.jsonl '
-                   'of a run killed before its first checkpoint (Trainer.__init__ should start the log afresh)')
 def test_a_restart_before_the_first_checkpoint_starts_the_log_afresh(tmp_path):
     "A run dies (any exception; SIGKILL alike) before its first checkpoint; the restart must not repeat steps in the log."
     import torch

@@ -22,9 +22,6 @@ def _evil_files(d: Path, marker: Path) -> dict:
         (d / 'cifar' / f).write_bytes(pickle.dumps({'data': Evil(marker)}, protocol=2))
     return d
 
-CIFAR_BUG = ("bug: dinof.data._read_cifar_batch lets pickle.UnpicklingError (its own refusal) escape: the code does not "
-             "run, but dinof prints a traceback (it should raise ValueError('<file>: not a CIFAR-10 batch file (...)'))")
-
 HOSTILE = [  # (what is read, its command line ({d}: the folder of hostile files, {run}: a run folder), what the line must name)
     ('resume: the checkpoint `latest` names', 'train --preset toy2d --workdir {run} --resume', 'ckpt_00000016.pt'),
     ('sample --checkpoint (zip)', 'sample --checkpoint {d}/zip.pt --out {d}/s.png', 'zip.pt'),
@@ -34,8 +31,8 @@ HOSTILE = [  # (what is read, its command line ({d}: the folder of hostile files
     ('fid --weights', 'fid --images {d}/ok.npz --ref {d}/ref.npz --weights {d}/zip.pt', 'zip.pt'),
     ('fid --ref (object array)', 'fid --images {d}/ok.npz --ref {d}/stats.npz', 'stats.npz'),
     ('fid --images (object array)', 'fid --images {d}/images.npz --ref {d}/ref.npz', 'images.npz'),
-    pytest.param('stats: a CIFAR-10 batch file', 'stats --dataset cifar10 --data-root {d}/cifar --out {d}/o.npz', 'data_batch_1',
-                 marks=pytest.mark.xfail(strict=True, reason=CIFAR_BUG)),
+    # dinof.data._read_cifar_batch refuses the pickle (was: its UnpicklingError escaped as a traceback)
+    ('stats: a CIFAR-10 batch file', 'stats --dataset cifar10 --data-root {d}/cifar --out {d}/o.npz', 'data_batch_1'),
 ]
 
 @pytest.fixture(scope='module')
@@ -51,7 +48,7 @@ def hostile(tmp_path_factory, toy_run):
     shutil.copy(d / 'zip.pt', run / 'ckpt_00000016.pt')          # the run's newest checkpoint, replaced
     return d, marker, run
 
-@pytest.mark.parametrize('name, args, names', HOSTILE, ids=[(c.values if hasattr(c, 'marks') else c)[0] for c in HOSTILE])
+@pytest.mark.parametrize('name, args, names', HOSTILE, ids=[c[0] for c in HOSTILE])
 def test_a_pickle_carrying_code_is_refused_and_never_runs(hostile, name, args, names, capsys, monkeypatch, tmp_path):
     d, marker, run = hostile
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
@@ -117,10 +114,6 @@ def test_a_score_checkpoint_for_another_problem_is_refused(toy_run):
     count('bad inputs', ok, f'score checkpoint of another problem: {e.value}')
     assert ok, str(e.value)
 
-CONTENTS_BUG = ('bug: a checkpoint whose contents do not fit (weights of another network, a missing entry, a config that is '
-                'not JSON) gives a traceback or a message that does not name the file (load_checkpoint should check the '
-                "entries and their types; load_models should wrap its load_state_dict like Trainer._load does)")
-
 def _damage(ck: dict, how: str) -> dict:
     ck = dict(ck)
     if how == 'weights of another network':
@@ -132,13 +125,13 @@ def _damage(ck: dict, how: str) -> dict:
     return ck
 
 DAMAGE = ['weights of another network', 'no ema_flow', 'no rng', 'no step', 'config not JSON', 'step not a number']
-FITS = {('resume', 'weights of another network'), ('resume', 'no ema_flow')}    # what dinof handles cleanly today
+# load_checkpoint checks the entries and their types, load_models wraps load_state_dict, Trainer._load the RNG state
+# (were: tracebacks, or messages that did not name the file, for all but a resume of another network's / without ema_flow)
 
 @pytest.mark.parametrize('use', ['resume', 'sample'])
 @pytest.mark.parametrize('how', DAMAGE)
-def test_a_checkpoint_whose_contents_do_not_fit_is_one_line(toy_run, tmp_path, capsys, how, use, request):
+def test_a_checkpoint_whose_contents_do_not_fit_is_one_line(toy_run, tmp_path, capsys, how, use):
     if (use, how) == ('sample', 'no rng'): pytest.skip('sampling does not need the RNG state: the file is usable')
-    if (use, how) not in FITS: request.applymarker(pytest.mark.xfail(strict=True, reason=CONTENTS_BUG))
     from dinof.train import load_checkpoint
     run = tmp_path / 'run'; shutil.copytree(toy_run[0], run)
     torch.save(_damage(load_checkpoint(run / 'ckpt_00000016.pt'), how), run / 'ckpt_00000016.pt')
@@ -151,9 +144,8 @@ def test_a_checkpoint_whose_contents_do_not_fit_is_one_line(toy_run, tmp_path, c
     assert snapshot(run) == before
     assert ok, (rc, err)
 
-@pytest.mark.xfail(strict=True, reason='bug: Trainer.save prunes by step number over every ckpt_*.pt, so a stray newer '
-                   "checkpoint (another run's, or one left after resuming from an older file) survives while this run's "
-                   'own are deleted early (save() should prune only checkpoints older than the one it wrote)')
+# Trainer.save prunes only checkpoints up to the one it wrote (was: by step number over every ckpt_*.pt, so a stray newer
+# file survived while the run's own were deleted early)
 def test_pruning_keeps_this_runs_checkpoints_beside_a_stray_newer_one(toy_run, tmp_path):
     "keep=3: a run resumed from step 16 of a folder that also holds a step-99 file keeps its own 16, 24, 32."
     from dinof.config import get_config
@@ -166,25 +158,24 @@ def test_pruning_keeps_this_runs_checkpoints_beside_a_stray_newer_one(toy_run, t
     assert own == [16, 24, 32, 99], own
 
 # ---------------------------------------------------------------- statistics files with the wrong shapes
-STATS_BUG = ('bug: a statistics file with the wrong feature dimension or non-numeric values is refused with a message that '
-             'does not name the file ("mu2: ...", "could not convert string to float"), after every image was featurised; '
-             'a non-symmetric / negative covariance is not refused at all (dinof.metrics._as_f64 / _check_gaussian)')
-
-WRONG_STATS = [  # (name, mu, sigma, clean today)
-    ('mu a matrix', np.zeros((1, 128)), np.eye(128), True),
-    ('sigma not square', np.zeros(128), np.zeros((128, 127)), True),
-    ('sigma of another size than mu', np.zeros(128), np.eye(64), True),
-    ('sigma a number', np.zeros(128), np.float64(1), True),
-    ('NaN in sigma', np.zeros(128), np.full((128, 128), np.nan), True),
-    ('64 features for a 128-feature extractor', np.zeros(64), np.eye(64), False),
-    ('no features', np.zeros(0), np.zeros((0, 0)), False),
-    ('strings', np.array(['a'] * 128), np.eye(128), False),
-    ('a negative covariance', np.zeros(128), -np.eye(128), False),
+# the last five were bugs: refused after every image was featurised with a message that did not name the file, or (a
+# non-symmetric / negative covariance) not at all; now dinof.metrics checks the file's dimension against the extractor's
+# first, and _as_f64 / _check_gaussian refuse non-numbers, no features, and matrices that are no covariance
+WRONG_STATS = [  # (name, mu, sigma)
+    ('mu a matrix', np.zeros((1, 128)), np.eye(128)),
+    ('sigma not square', np.zeros(128), np.zeros((128, 127))),
+    ('sigma of another size than mu', np.zeros(128), np.eye(64)),
+    ('sigma a number', np.zeros(128), np.float64(1)),
+    ('NaN in sigma', np.zeros(128), np.full((128, 128), np.nan)),
+    ('64 features for a 128-feature extractor', np.zeros(64), np.eye(64)),
+    ('no features', np.zeros(0), np.zeros((0, 0))),
+    ('strings', np.array(['a'] * 128), np.eye(128)),
+    ('a negative covariance', np.zeros(128), -np.eye(128)),
+    ('a non-symmetric matrix', np.zeros(128), np.eye(128) + np.triu(np.ones((128, 128)), 1)),
 ]
 
-@pytest.mark.parametrize('name, mu, sigma, clean', [pytest.param(*c, marks=[] if c[3] else pytest.mark.xfail(strict=True, reason=STATS_BUG))
-                                                    for c in WRONG_STATS], ids=[c[0] for c in WRONG_STATS])
-def test_statistics_with_the_wrong_shapes_are_one_line(hostile, name, mu, sigma, clean, tmp_path, capsys):
+@pytest.mark.parametrize('name, mu, sigma', WRONG_STATS, ids=[c[0] for c in WRONG_STATS])
+def test_statistics_with_the_wrong_shapes_are_one_line(hostile, name, mu, sigma, tmp_path, capsys):
     "`dinof fid --ref`: a stats file that carries the fmnist extractor's identity but not its statistics."
     from dinof.metrics import fmnist_extractor
     d = hostile[0]
@@ -209,15 +200,13 @@ def _folder(root: Path, n=40, size=32):
     (root / '017b.png').write_bytes(raw[:len(raw) // 2])
     return root / '017b.png'
 
-WORKERS_BUG = ("bug: with training.num_workers > 0 a bad image reaches the user as torch's 'Caught ValueError in DataLoader "
-               "worker process 0. Original Traceback (most recent call last): ...' folded into one line (dinof.data.Loader "
-               'should re-raise the original one-line message)')
-
 TINY_IMAGES = ['--preset', 'fmnist_small', '--no-progress', *sets(
     'data.dataset=image_folder', 'model.nf=8', 'model.ch_mult=[1]', 'model.num_res_blocks=1', 'model.attn_resolutions=[]',
     'flow.levels=1', 'flow.depth=1', 'flow.hidden=8', 'training.batch_size=8', 'training.n_iters=12', 'training.snapshot_freq=4')]
 
-@pytest.mark.parametrize('how', ['fid --images', 'stats', 'train', pytest.param('train, 1 worker', marks=pytest.mark.xfail(strict=True, reason=WORKERS_BUG))])
+# 'train, 1 worker' was a bug: torch's 'Caught ValueError in DataLoader worker process 0. Original Traceback ...' folded into
+# one line; dinof.data.Loader now hands the worker's exception back and raises it again
+@pytest.mark.parametrize('how', ['fid --images', 'stats', 'train', 'train, 1 worker'])
 def test_a_corrupt_image_in_a_folder_is_one_line(how, tmp_path, capsys, monkeypatch, hostile):
     d = hostile[0]
     bad = _folder(tmp_path / 'imgs')

@@ -4,8 +4,9 @@ memory (VmHWM, reset before each run with /proc/self/clear_refs, after a warm-up
 the large run may not need more than 8 MB beyond the small one (holding every image of the large run would need
 14 MB more at the CI sizes, 100-450 MB at N = 50,000); over a folder, 1 KB more per file (the list of its paths). Measured: the Python API
 (`Models.sample` batch by batch into `RunningStats`; `compute_stats` over an .npz), `dinof stats` over a folder of PNG
-files, and three commands that keep something per item (bugs, below): `dinof fid` (every logit, for the Inception
-Score), `dinof sample` and `dinof eval --metric fid` (every sample).
+files, and three commands that used to keep something per item (bugs, fixed): `dinof fid` (every logit, for the
+Inception Score; now `metrics.RunningIS`'s per-split sums), `dinof sample` (every sample; now streamed into the .npz) and
+`dinof eval --metric fid` (every sample; now each batch goes into `RunningStats`).
 CI runs N = 500 / 2000 (sampling through the API, and `dinof sample`); the `slow` variants N = 5000 / 50000."""
 import json, subprocess, sys, textwrap
 from pathlib import Path
@@ -115,13 +116,10 @@ def test_feature_statistics_of_an_npz_stream(tiny, tmp_path):
     peaks = measure(tmp_path, jobs, 'features of an .npz (API)')
     assert _flat(peaks, 'features of an .npz (API)'), peaks
 
-LOGITS_BUG = ('bug: dinof fid keeps the logits of every image for the Inception Score (a list of [B, K] tensors: 200 MB '
-              'for 50,000 images under Inception, and under the Makefile\'s MALLOC_MMAP_THRESHOLD_ each small tensor left between '
-              'the batches\' temporaries pins ~3 KB of heap per image even for fmnist\'s 10 logits); fix: accumulate the IS '
-              'per split while streaming (sums of p(y|x) and of p log p) or fill one preallocated [N, K] array')
-
+# was a bug: dinof fid kept the logits of every image for the Inception Score (a list of [B, K] tensors: 200 MB for 50,000
+# images under Inception; under the Makefile's MALLOC_MMAP_THRESHOLD_ each small tensor left between the batches'
+# temporaries pinned ~3 KB of heap per image even for fmnist's 10 logits); now metrics.RunningIS keeps per-split sums
 @pytest.mark.slow   # at CI sizes the growth (1-3 KB per image) is too close to the allocator's noise for a strict test
-@pytest.mark.xfail(strict=True, reason=LOGITS_BUG)
 def test_dinof_fid_over_an_npz_streams(tiny, tmp_path):
     d, ckpt = tiny
     ns = (5000, 50000)
@@ -137,7 +135,7 @@ def png_folders(tmp_path_factory):
     return {n: _png_folder(d / f'f{n}', n) for n in (5000, 50000)}
 
 @pytest.mark.slow   # writing 55,000 PNG files, and reading them twice
-@pytest.mark.parametrize('command', [pytest.param('fid', marks=pytest.mark.xfail(strict=True, reason=LOGITS_BUG)), 'stats'])
+@pytest.mark.parametrize('command', ['fid', 'stats'])
 def test_dinof_fid_and_stats_over_a_folder_stream(tiny, png_folders, tmp_path, command):
     d, ckpt = tiny
     jobs = []
@@ -149,13 +147,10 @@ def test_dinof_fid_and_stats_over_a_folder_stream(tiny, png_folders, tmp_path, c
     peaks = measure(tmp_path, jobs, f'dinof {command} (folder)')
     assert _flat(peaks, f'dinof {command} (folder)', per_item=1024), peaks   # the sorted list of the folder's paths: ~0.7 KB each
 
-HOLD_BUG = ('bug: dinof sample / dinof eval keep every sample of the run in memory (dinof.cli._generate appends each batch '
-            'and torch.cat()s them; eval then converts all to uint8 and featurises them at once): peak memory grows by N x C x H '
-            'x W x 5 bytes (40 GB for 50,000 CelebA-HQ 256x256 samples). Fix: _generate yields batches; sample writes them '
-            'into an np.lib.format.open_memmap .npy (zipped into the .npz at the end) or a PNG grid from a bounded subset; '
-            'eval --metric fid feeds each batch to RunningStats (kid / is: keep features / logits only)')
-
-@pytest.mark.xfail(strict=True, reason=HOLD_BUG)
+# was a bug: dinof sample / dinof eval kept every sample of the run in memory (dinof.cli._generate appended each batch and
+# torch.cat()ed them; eval then converted all to uint8 and featurised them at once): peak memory grew by N x C x H x W x 5
+# bytes (40 GB for 50,000 CelebA-HQ 256x256 samples). Now _generate yields batches; sample streams them into the .npz
+# (or draws a picture of at most 256 images); eval --metric fid feeds each batch to RunningStats
 @pytest.mark.parametrize('command, slow', [('sample', False), pytest.param('sample', True, marks=pytest.mark.slow),
                                            pytest.param('eval', True, marks=pytest.mark.slow)], ids=['sample-ci', 'sample-N=50000', 'eval-N=50000'])
 def test_dinof_sample_and_eval_stream(tiny, tmp_path, command, slow):

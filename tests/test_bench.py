@@ -1,0 +1,127 @@
+"The main job (`dinof.bench.quickstart`): every artefact and every documented field, resume, bad input; the real job (slow)."
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dinof.bench import CONFIDENCE_BINS, quickstart
+
+# a network small enough for a test: two training steps, a two-step ODE solver
+TINY = ('model.nf=8', 'model.ch_mult=[1,2,2]', 'model.attn_resolutions=[]', 'flow.depth=1', 'flow.hidden=8', 'training.batch_size=16',
+        'sampling.method=dpm1', 'sampling.steps=2', 'sampling.batch_size=8', 'training.log_freq=1')
+FIELDS = {'dinof_version', 'preset', 'overrides', 'seed', 'training_seed', 'domain', 'training', 'sampling', 'seconds',
+          'machine', 'config', 'files'}
+DOMAIN = {'fid', 'kid', 'kid_std', 'n', 'extractor', 'extractor_hash', 'reference', 'reference_n', 'mean_confidence',
+          'confidence_histogram', 'class_counts', 'kid_subsets', 'kid_subset_size'}
+TRAINING = {'steps', 'batch_size', 'images_seen', 'seconds', 'images_per_s', 'steps_this_run', 'resumed_from_step', 'checkpoint'}
+SAMPLING = {'prior', 't_m', 'temperature', 'method', 'steps', 'schedule', 'noise_removal', 'nfe', 'n', 'ema', 'seconds', 'images_per_s'}
+
+
+def test_quickstart_writes_every_artefact_and_resumes(tmp_path, capsys):
+    wd = tmp_path / 'qs'
+    m = quickstart(wd, steps=2, n_samples=20, seed=1, progress=False, device='cpu', overrides=TINY)
+    out = capsys.readouterr().out.splitlines()
+    files = {k: Path(v) for k, v in m['files'].items()}
+    assert set(files) == {'grid', 'samples', 'loss', 'metrics'}
+    for k, p in files.items():
+        assert p.is_file() and p.parent == wd, k
+        assert any(line.split() == [k, str(p)] for line in out), (k, out)      # one printed line per artefact
+    # the samples: uint8, N x H x W, and the grid shows them
+    with np.load(files['samples']) as z:
+        s = z['samples']
+    assert s.dtype == np.uint8 and s.shape == (20, 28, 28)
+    assert Image.open(files['grid']).size[0] > 5 * 28 and Image.open(files['loss']).size[0] > 100
+    # metrics.json holds the returned dict, with every documented field
+    j = json.loads(files['metrics'].read_text())
+    assert j == json.loads(json.dumps(m))
+    assert FIELDS <= set(j) and DOMAIN <= set(j['domain']) and TRAINING <= set(j['training']) and SAMPLING <= set(j['sampling'])
+    d = j['domain']
+    assert (d['n'], d['reference_n'], d['extractor'], d['kid_subset_size']) == (20, 10_000, 'fmnist', 20)
+    assert np.isfinite(d['fid']) and d['fid'] > 0 and np.isfinite(d['kid'])
+    assert len(d['confidence_histogram']['bins']) == CONFIDENCE_BINS + 1 and sum(d['confidence_histogram']['counts']) == 20
+    assert sum(d['class_counts']) == 20 and 0.1 <= d['mean_confidence'] <= 1
+    assert (j['training']['steps'], j['training']['steps_this_run'], j['training']['resumed_from_step']) == (2, 2, 0)
+    assert j['training']['images_seen'] == 2 * j['training']['batch_size']
+    assert (j['sampling']['method'], j['sampling']['steps'], j['sampling']['nfe'], j['sampling']['prior']) == ('dpm1', 2, 3, 'flow')
+    assert (j['seed'], j['preset'], j['overrides']) == (1, 'fmnist_small', list(TINY))
+    assert j['seconds']['total'] >= j['seconds']['training'] + j['seconds']['sampling']
+    # run again: nothing left to train, the same samples; one step more: resumes from the checkpoint
+    m2 = quickstart(wd, steps=2, n_samples=20, seed=1, progress=False, device='cpu', overrides=TINY)
+    assert (m2['training']['steps_this_run'], m2['training']['resumed_from_step']) == (0, 2)
+    with np.load(files['samples']) as z: assert np.array_equal(z['samples'], s)
+    m3 = quickstart(wd, steps=3, n_samples=20, seed=1, progress=False, device='cpu', overrides=TINY)
+    assert (m3['training']['steps'], m3['training']['steps_this_run'], m3['training']['resumed_from_step']) == (3, 1, 2)
+
+
+def test_quickstart_minutes_caps_the_training(tmp_path):
+    "With a budget too small for more, the job stops after the ten steps it times, and the next run continues."
+    m = quickstart(tmp_path, steps=40, minutes=1e-4, n_samples=4, progress=False, device='cpu', overrides=TINY)
+    assert (m['training']['steps'], m['training']['steps_this_run']) == (10, 10)
+    m = quickstart(tmp_path, steps=40, minutes=1e-4, n_samples=4, progress=False, device='cpu', overrides=TINY)
+    assert (m['training']['steps'], m['training']['resumed_from_step']) == (20, 10)
+
+
+@pytest.mark.parametrize('kw, name', [
+    (dict(n_samples=0), 'n_samples'), (dict(n_samples=1), 'n_samples'), (dict(n_samples=2.5), 'n_samples'),
+    (dict(minutes=0), 'minutes'), (dict(minutes='5'), 'minutes'), (dict(steps=0), 'steps'), (dict(seed=-1), 'seed'),
+    (dict(overrides='model.nf=8'), 'overrides'), (dict(overrides=['model.nf=x']), 'model.nf'),
+    (dict(overrides=['nosuch.key=1']), 'nosuch'), (dict(device='tpu'), 'device')])
+def test_quickstart_bad_input_is_one_sentence(tmp_path, kw, name):
+    with pytest.raises(ValueError) as e: quickstart(tmp_path / 'w', progress=False, **kw)
+    msg = str(e.value)
+    assert name in msg and '\n' not in msg, msg
+
+
+def test_quickstart_bad_workdir(tmp_path):
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(ValueError, match='workdir'): quickstart(tmp_path / 'file', progress=False)
+    # a folder holding another configuration's checkpoints is refused, naming the field
+    quickstart(tmp_path / 'w', steps=1, n_samples=2, progress=False, device='cpu', overrides=TINY)
+    with pytest.raises(ValueError, match='model.nf'):
+        quickstart(tmp_path / 'w', steps=1, n_samples=2, progress=False, device='cpu', overrides=TINY[1:] + ('model.nf=4',))
+
+
+@pytest.mark.slow
+def test_the_main_job_reaches_the_target(tmp_path):
+    "Issue 12: the real job (the preset as shipped, N = 1000): domain FID at most 40 against the test set."
+    m = quickstart(tmp_path / 'qs', progress=False)
+    assert m['domain']['n'] == 1000 and m['domain']['reference_n'] == 10_000
+    assert m['domain']['fid'] <= 40, m['domain']
+
+
+# --- the benchmark (dinof.bench.bench_quality / summarize / plot_quality / bench_speed)
+BENCH_TINY = TINY + ('sde.num_scales=40', 'sampling.batch_size=10')
+
+
+@pytest.mark.slow
+def test_the_study_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
+    "Every stage on tiny networks: the models, schedules, grid, seeds, bits/dim, sweep and paper setting; then a rerun reads it all back."
+    from dinof import bench
+    kw = dict(steps=2, flow_steps=2, n=12, n_paper=6, nfes=(3, 6), methods=('pc', 'dpm2'), tm_sweep=(0.4, 0.8), extra_seeds=(1,),
+              n_bpd=2, overrides=BENCH_TINY)
+    res = bench.bench_quality(tmp_path, **kw)
+    pts = res['points']
+    grid = {(p['model'], p['method'], p['nfe_target'], p['seed']) for p in pts if p['setting'] == 'grid'}
+    for model in ('baseline', 'dinof'):
+        for me in ('pc', 'dpm2'):
+            for f in (3, 6): assert (model, me, f, 0) in grid
+    assert {p['schedule'] for p in pts if p['method'] == 'dpm2' and p['nfe_target'] == 20} == set(bench.SCHEDULES)
+    assert ('dinof', 'dpm2', 20, 1) in grid and ('baseline', 'pc', 100, 1) in grid   # the two cells with more seeds
+    paper = {p['model']: p for p in pts if p['setting'] == 'paper'}
+    assert (paper['baseline']['nfe'], paper['dinof']['nfe']) == (40, 24) and paper['baseline']['n'] == 6
+    best = min((p for p in pts if p['model'].startswith('flow_tm') and p['nfe_target'] == 20), key=lambda p: p['fid'])['model']
+    assert {(best, 'pc', 3, 0), (best, 'dpm2', 6, 0)} <= grid
+    assert set(res['fits']) == {'dinof', 'flow_tm0.4', 'flow_tm0.8'} and {b['prior'] for b in res['bpd']} == {'gaussian', 'flow'}
+    assert res['runs']['baseline']['mode'] == 'score-only' and res['runs']['dinof']['mode'] == 'joint'
+    assert res['runs']['flow_tm0.4']['mode'] == 'flow-only' and res['runs']['baseline']['steps'] == res['runs']['dinof']['steps'] == 2
+    for p in pts: assert {'n', 'seed', 'extractor', 'fid', 'kid', 'nfe'} <= set(p)
+    # the exported models load and sample
+    m = bench.load_exported(tmp_path / 'models' / 'dinof.pt')
+    assert m.sample(2, 'flow', method='dpm1', steps=2).samples.shape == (2, 1, 28, 28)
+    # a second call samples nothing: every cell is read back
+    monkeypatch.setattr(bench, 'generate', lambda *a, **k: pytest.fail('sampled again'))
+    again = bench.bench_quality(tmp_path, **kw)
+    assert again['points'] == pts
+    bench.plot_quality(again)
