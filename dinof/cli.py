@@ -401,6 +401,45 @@ def _quickstart(args):
                device=args.device, steps=args.steps, overrides=tuple(args.set))
     return 0
 
+# %% ../nbs/11_cli.ipynb #a2a59bf7
+def _bench_args(p):
+    p.add_argument('what', choices=('quality', 'speed'), help='quality: the FID-vs-NFE study (resumable); speed: images/s of both models at each NFE')
+    p.add_argument('--root', default='bench/fashion_mnist', help='folder of the study (default: bench/fashion_mnist)')
+    p.add_argument('--steps', type=int, default=2000, help='training steps of each model (quality; default: 2000)')
+    p.add_argument('--n', type=int, default=None, help='samples per cell (quality; default 2000) or per timing (speed; default 64)')
+    p.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE', help='override one setting of fmnist_small for both models (quality)')
+    _device_progress(p)
+
+@command('bench', 'The Fashion-MNIST study: DiNof against the Gaussian prior at equal NFE (quality), or the samplers\' speed (speed).', _bench_args)
+def _bench(args):
+    import json
+    from pathlib import Path
+    from dinof.bench import PRESET, bench_quality, bench_speed, load_exported
+    from dinof.config import get_config
+    from dinof.core import get_device
+    _positive('--steps', args.steps)
+    if args.n is not None: _positive('--n', args.n, 2)
+    try: get_config(PRESET, *args.set)
+    except ValueError as e: raise ValueError(f'--set: {e}') from None
+    get_device(args.device)
+    _writable_folder(args.root, '--root')
+    root = Path(args.root)
+    if args.what == 'quality':
+        res = bench_quality(root, steps=args.steps, n=args.n or 2000, overrides=tuple(args.set), progress=not args.no_progress, device=args.device)
+        print(f'{len(res["points"])} cells in {root / "results.json"}, plot {root / "fid_vs_nfe.png"}')
+        return 0
+    files = {k: root / 'models' / f'{k}.pt' for k in ('baseline', 'dinof')}
+    for k, f in files.items():
+        if not f.is_file(): raise FileNotFoundError(f'--root: {f} does not exist: run `dinof bench quality --root {args.root}` first')
+    models = {'baseline': (load_exported(files['baseline'], device=args.device), 'gaussian'),
+              'dinof': (load_exported(files['dinof'], device=args.device), 'flow')}
+    out = bench_speed(models, n=args.n or 64, progress=not args.no_progress)
+    (root / 'speed.json').write_text(json.dumps(out, indent=1) + '\n')
+    for r in out['rows']: print(f"{r['model']:9s} {r['setting']:6s} NFE {r['nfe']:5d}  {r['images_per_s']:8.2f} images/s")
+    if 'paper_ratio' in out: print(f"paper's setting: DiNof / baseline wall time = {out['paper_ratio']:.3f}")
+    print(f'written {root / "speed.json"}')
+    return 0
+
 # %% ../nbs/11_cli.ipynb #4316c6f3
 #| eval: false
 if __name__ == '__main__':   # python -m dinof.cli, what torchrun runs (not run in the notebook)
