@@ -24,11 +24,19 @@ __all__ = ['CONFIDENCE_BINS', 'PRESET', 'BASELINE', 'TM_SWEEP', 'NFES', 'METHODS
            'bench_quality', 'summarize', 'plot_quality', 'bench_speed']
 
 # %% ../nbs/12_bench.ipynb #6d0ccb1f
-def _bar(it, on: bool, total: int | None = None):
-    "A fastprogress bar over `it` when `on`, else `it`."
+def _bar(it, on: bool, total: int | None = None, what: str = "batch"):
+    "A fastprogress bar over `it` when `on` in a notebook or a terminal, a plain line per item when the output is a file."
     if not on: return it
-    from fastprogress.fastprogress import progress_bar
-    return progress_bar(it, total=total, leave=False)
+    import sys
+    from fastprogress.fastprogress import IN_NOTEBOOK, progress_bar
+    if IN_NOTEBOOK or sys.stdout.isatty(): return progress_bar(it, total=total, leave=False)
+    items = list(it)
+    def plain():
+        t0 = time.perf_counter()
+        for i, x in enumerate(items):
+            yield x
+            print(f"{what} {i + 1}/{len(items)}  {time.perf_counter() - t0:.0f} s", flush=True)
+    return plain()
 
 def generate(models: Models, n: int, *, seed: int = 0, batch_size: int | None = None, progress: bool = False,
              **overrides) -> tuple[torch.Tensor, int]:
@@ -37,7 +45,7 @@ def generate(models: Models, n: int, *, seed: int = 0, batch_size: int | None = 
     bs = batch_size or models.config.sampling.batch_size
     centered = models.config.resolved().data.centered
     out, nfe = [], 0
-    for first in _bar(range(0, n, bs), progress):
+    for first in _bar(range(0, n, bs), progress, what='sampling batch'):
         res = models.sample(min(bs, n - first), seed=seed, first=first, **overrides)
         out.append(to_uint8(res.samples.cpu(), centered)); nfe = res.nfe
     return torch.cat(out), nfe

@@ -4,7 +4,7 @@
 Markdown cells are copied; code cells (minus `#|` directives, and skipping `#| hide` cells) become fenced Python,
 followed by their text outputs. `make readme` runs this; `make check-sync` fails when README.md is stale.
 """
-import json, pathlib, sys
+import json, pathlib, re, sys
 
 def cell_text(src): return ''.join(src) if isinstance(src, list) else src
 
@@ -15,8 +15,8 @@ def render(nb) -> str:
         lines = src.split('\n')
         directives = [l.strip()[2:].strip() for l in lines if l.strip().startswith('#|')]
         if any(d.startswith('hide') or d.startswith('default_exp') for d in directives): continue
-        if c['cell_type'] == 'markdown':
-            parts.append(src.strip('\n')); continue
+        if c['cell_type'] == 'markdown':   # relative image links point into nbs/ from the repository's root
+            parts.append(re.sub(r'(!\[[^\]]*\]\()(?![a-z]+:|/)', r'\1nbs/', src.strip('\n'))); continue
         code = '\n'.join(l for l in lines if not l.strip().startswith('#|')).strip('\n')
         if not code: continue
         parts.append(f'```python\n{code}\n```')
