@@ -20,8 +20,8 @@ from .train import Models, Trainer, _build_nets, find_checkpoint, plot_log, save
 
 # %% auto #0
 __all__ = ['CONFIDENCE_BINS', 'PRESET', 'BASELINE', 'TM_SWEEP', 'NFES', 'METHODS', 'SCHEDULES', 'generate', 'domain_scores',
-           'quickstart', 'export_models', 'load_exported', 'steps_for_nfe', 'train_model', 'heldout_bpd', 'prior_fit',
-           'bench_quality', 'summarize', 'plot_quality', 'bench_speed']
+           'Stopped', 'quickstart', 'export_models', 'load_exported', 'steps_for_nfe', 'train_model', 'heldout_bpd',
+           'prior_fit', 'bench_quality', 'summarize', 'plot_quality', 'bench_speed']
 
 # %% ../nbs/12_bench.ipynb #6d0ccb1f
 def _bar(it, on: bool, total: int | None = None, what: str = "batch"):
@@ -99,16 +99,25 @@ def _write_loss_plot(workdir: Path, path: Path):
     fig = plot_log(workdir)
     fig.savefig(path, dpi=80); plt.close(fig)
 
+class Stopped(KeyboardInterrupt):
+    "Training was stopped by SIGINT / SIGTERM after writing its checkpoint: the job ends there, and running it again continues."
+
+def _train_to(trainer: Trainer, end: int):
+    "Train to step `end`; `Stopped` if a signal ended the training first."
+    if trainer.step < end: trainer.train(end - trainer.step)
+    if trainer.step < end:
+        raise Stopped(f"{trainer.workdir}: stopped by a signal at step {trainer.step} of {end} (checkpoint written); run the same command again to continue")
+
 def _train(trainer: Trainer, minutes: float | None) -> int:
     "Train to `training.n_iters`, or for at most `minutes` of wall time; returns the steps taken."
     start, left = trainer.step, trainer.cfg.training.n_iters - trainer.step
     if left <= 0: return 0
-    if minutes is None: trainer.train(); return trainer.step - start
+    if minutes is None: _train_to(trainer, start + left); return trainer.step - start
     t0, first = time.perf_counter(), min(left, 10)
-    trainer.train(first)
+    _train_to(trainer, start + first)
     per_step = (time.perf_counter() - t0) / first
     more = min(left - first, int((60 * minutes - (time.perf_counter() - t0)) / per_step))
-    if more > 0: trainer.train(more)
+    if more > 0: _train_to(trainer, trainer.step + more)
     return trainer.step - start
 
 # %% ../nbs/12_bench.ipynb #731afdc2
@@ -227,11 +236,12 @@ def train_model(workdir, overrides: Sequence[str] = (), *, steps: int, progress:
     cfg = get_config(PRESET, *overrides, f'training.n_iters={steps}')
     wd = Path(workdir)
     trainer = Trainer(cfg, wd, device=device, resume=wd.is_dir() and find_checkpoint(wd) is not None, progress=progress)
-    if trainer.step < steps: trainer.train()
-    tr = cfg.training
-    _json_write(wd / 'run.json', {'steps': trainer.step, 'batch_size': tr.batch_size, 'seconds': round(trainer.seconds, 1),
-                                  'images_seen': trainer.step * tr.batch_size, 'overrides': list(overrides),
-                                  'mode': repr(trainer).split(',')[1].strip(), 'config': cfg.to_dict()})
+    try: _train_to(trainer, steps)
+    finally:
+        tr = cfg.training
+        _json_write(wd / 'run.json', {'steps': trainer.step, 'batch_size': tr.batch_size, 'seconds': round(trainer.seconds, 1),
+                                      'images_seen': trainer.step * tr.batch_size, 'overrides': list(overrides),
+                                      'mode': repr(trainer).split(',')[1].strip(), 'config': cfg.to_dict()})
     return trainer.models()
 
 def _point(root: Path, name: str, models: Models, *, prior: str, method: str, nfe: int, schedule: str, n: int, seed: int,
@@ -306,9 +316,8 @@ def bench_quality(root='bench/fashion_mnist', *, steps: int = 2000, flow_steps: 
     base = train_model(root / 'runs' / 'baseline', (*overrides, *BASELINE), steps=steps, progress=progress, device=device)
     dino = train_model(root / 'runs' / 'dinof', tuple(overrides), steps=steps, progress=progress, device=device)
     models = {'baseline': (base, 'gaussian'), 'dinof': (dino, 'flow')}
-    for k, (m, _) in models.items():
-        if not (root / 'models' / f'{k}.pt').is_file():
-            export_models(m, root / 'models' / f'{k}.pt', f'{PRESET} {" ".join((*overrides, *(BASELINE if k == "baseline" else ())))}, {steps} steps')
+    for k, (m, _) in models.items():   # rewritten each time: the files always hold the models the study used
+        export_models(m, root / 'models' / f'{k}.pt', f'{PRESET} {" ".join((*overrides, *(BASELINE if k == "baseline" else ())))}, {steps} steps')
     # 2. the schedule of each ODE method at NFE 20
     sched_pts = [pt(k, m, prior=p, method=me, nfe=20, schedule=s) for me in methods if me != 'pc' for s in SCHEDULES
                  for k, (m, p) in models.items()]

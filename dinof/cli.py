@@ -387,7 +387,7 @@ def _writable_folder(path, option: str):
 @command('quickstart', 'Train fmnist_small on Fashion-MNIST, sample it and score the samples: samples.png/.npz, loss.png, metrics.json in --workdir.', _quickstart_args)
 def _quickstart(args):
     import math
-    from dinof.bench import PRESET, quickstart
+    from dinof.bench import PRESET, Stopped, quickstart
     from dinof.config import get_config
     from dinof.core import get_device
     _positive('--n', args.n, 2); _positive('--steps', args.steps); _positive('--seed', args.seed, 0)
@@ -397,8 +397,10 @@ def _quickstart(args):
     except ValueError as e: raise ValueError(f'--set: {e}') from None
     get_device(args.device)
     _writable_folder(args.workdir, '--workdir')
-    quickstart(args.workdir, minutes=args.minutes, n_samples=args.n, seed=args.seed, progress=not args.no_progress,
-               device=args.device, steps=args.steps, overrides=tuple(args.set))
+    try: quickstart(args.workdir, minutes=args.minutes, n_samples=args.n, seed=args.seed, progress=not args.no_progress,
+                    device=args.device, steps=args.steps, overrides=tuple(args.set))
+    except Stopped as e:   # SIGINT / SIGTERM: the checkpoint is written, as `dinof train` does on a signal
+        print(f'dinof: {e}', file=sys.stderr)
     return 0
 
 # %% ../nbs/11_cli.ipynb #a2a59bf7
@@ -414,7 +416,7 @@ def _bench_args(p):
 def _bench(args):
     import json
     from pathlib import Path
-    from dinof.bench import PRESET, bench_quality, bench_speed, load_exported
+    from dinof.bench import PRESET, Stopped, bench_quality, bench_speed, load_exported
     from dinof.config import get_config
     from dinof.core import get_device
     _positive('--steps', args.steps)
@@ -425,7 +427,9 @@ def _bench(args):
     _writable_folder(args.root, '--root')
     root = Path(args.root)
     if args.what == 'quality':
-        res = bench_quality(root, steps=args.steps, n=args.n or 2000, overrides=tuple(args.set), progress=not args.no_progress, device=args.device)
+        try: res = bench_quality(root, steps=args.steps, n=args.n or 2000, overrides=tuple(args.set), progress=not args.no_progress, device=args.device)
+        except Stopped as e:
+            print(f'dinof: {e}', file=sys.stderr); return 0
         print(f'{len(res["points"])} cells in {root / "results.json"}, plot {root / "fid_vs_nfe.png"}')
         return 0
     files = {k: root / 'models' / f'{k}.pt' for k in ('baseline', 'dinof')}

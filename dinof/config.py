@@ -479,7 +479,7 @@ def _fmnist_small() -> Config:
         sde=SDEConfig(type='vpsde', num_scales=1000, t_m=0.6),
         model=ModelConfig(nf=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(7,), dropout=0., resblock_type='ddpm'),
         flow=FlowConfig(name='glow', levels=2, depth=2, hidden=32),
-        training=TrainingConfig(batch_size=64, n_iters=850, continuous=True, ema_rate=0.999, ema_warmup=True,
+        training=TrainingConfig(batch_size=64, n_iters=750, continuous=True, ema_rate=0.999, ema_warmup=True,
                                 snapshot_freq=500, snapshot_minutes=2., log_freq=25, num_workers=0),
         optim=OptimConfig(lr=2e-3, warmup=100, grad_clip=1.),
         sampling=SamplingConfig(prior='flow', method='pc', steps=50, batch_size=250),
