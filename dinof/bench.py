@@ -16,7 +16,7 @@ from .data import get_dataset
 from .likelihood import bits_per_dim
 from .metrics import RunningStats, feature_batches, get_extractor, kid, reference_stats
 from .sampling import hybrid_sample
-from .train import Models, Trainer, _build_nets, find_checkpoint, plot_log, save_samples
+from .train import Models, Trainer, _atomic_write, _build_nets, find_checkpoint, plot_log, save_samples
 
 # %% auto #0
 __all__ = ['CONFIDENCE_BINS', 'PRESET', 'BASELINE', 'TM_SWEEP', 'NFES', 'METHODS', 'SCHEDULES', 'generate', 'domain_scores',
@@ -86,12 +86,7 @@ PRESET = 'fmnist_small'
 
 def _write_npz(path: Path, images: torch.Tensor):
     "`images` `[N, 1, H, W]` as `N x H x W` uint8 under the key `samples`, written through a temporary file."
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'wb') as f: np.savez(f, samples=images[:, 0].numpy())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
+    _atomic_write(path, lambda f: np.savez(f, samples=images[:, 0].numpy()), 'the samples')
 
 def _write_loss_plot(workdir: Path, path: Path):
     import matplotlib; matplotlib.use('Agg', force=False)
@@ -186,16 +181,14 @@ SCHEDULES = ('uniform', 'logsnr', 'edm')
 def _json_write(path: Path, obj):
     "`obj` as JSON at `path`, through a temporary file (a stop mid-write leaves the old file or none)."
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps(obj, indent=1) + '\n'); os.replace(tmp, path)
+    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + '\n').encode()), 'the results')
 
 def export_models(models: Models, path, note: str = ''):
     "The EMA networks of `models` and their config in a small file (no optimizer state), loadable with `load_exported`."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    torch.save({'format': 'dinof-models-1', 'config': models.config.to_json(), 'step': models.step, 'note': note,
-                'score': models.score_model.state_dict(), 'flow': models.flow.state_dict()}, tmp)
-    os.replace(tmp, path)
+    ck = {'format': 'dinof-models-1', 'config': models.config.to_json(), 'step': models.step, 'note': note,
+          'score': models.score_model.state_dict(), 'flow': models.flow.state_dict()}
+    _atomic_write(path, lambda f: torch.save(ck, f), 'the models')
 
 def load_exported(path, *, device=None) -> Models:
     "The `Models` written by `export_models`, on `device`."
