@@ -36,7 +36,7 @@ quickstart: $(STAMP) data
 
 # the Fashion-MNIST study (hours on 2 cores; resumable: run it again to continue), then its summary and timing
 bench: $(STAMP) data
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/dinof bench quality --root bench/fashion_mnist
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/dinof bench quality --root bench/fashion_mnist --compile
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/dinof bench speed --root bench/fashion_mnist
 
 test: test-nbs test-py
@@ -79,7 +79,10 @@ run-nbs: $(STAMP)
 	$(BIN)/nbdev_export
 
 # what of the docs pipeline runs without Quarto: nbdev's notebook processing (executes show_doc/import/export cells
-# of every notebook into _proc/), then each processed notebook rendered to HTML by nbconvert (into _proc/html/)
+# of every notebook into _proc/), then tools/check_docs.py renders each processed notebook to HTML by nbconvert (into
+# _proc/html/, figures embedded) and fails when a page, a figure of the index or an exported symbol's show_doc is
+# missing (tests/test_docs.py, run with the other tests, checks docstrings, show_doc cells, the sidebar, the Quarto
+# config, and screenshots the rendered index with a headless Chromium when Debian's `chromium` is installed).
 # Equations render offline from Debian's libjs-mathjax (installed here when missing, as root with apt); without it the
 # HTML points to nbconvert's default MathJax CDN, which needs the internet.
 MATHJAX := /usr/share/javascript/mathjax/MathJax.js
@@ -91,7 +94,6 @@ mathjax:
 docs-check: $(STAMP) mathjax
 	@rm -rf _proc; PATH="$(abspath $(BIN)):$$PATH" $(BIN)/nbdev_proc_nbs >/tmp/dinof-proc-nbs.log 2>&1 || \
 	  { grep -v "^WARNING: Location" /tmp/dinof-proc-nbs.log | tail -40; echo "nbdev_proc_nbs failed"; exit 1; }
-	$(BIN)/jupyter nbconvert --log-level CRITICAL --to html --output-dir _proc/html \
-	  $$(test -f $(MATHJAX) && echo "--HTMLExporter.mathjax_url=file://$(MATHJAX)?config=TeX-AMS_CHTML-full,Safe") _proc/[0-9i]*.ipynb
+	$(BIN)/python tools/check_docs.py _proc
 	@if test -f $(MATHJAX); then grep -L "file://$(MATHJAX)" _proc/html/*.html | grep . && \
 	  { echo "docs-check: the pages above do not load the local MathJax"; exit 1; } || true; fi

@@ -4,14 +4,14 @@
 
 # %% ../nbs/12_bench.ipynb #c7e69c1a
 from __future__ import annotations
-import json, os, platform, time
+import collections, dataclasses, json, os, platform, time
 from pathlib import Path
 from typing import Sequence
 import numpy as np
 import torch
 import dinof
 from .config import Config, get_config
-from .core import bpd_offset, check, fail, get_device, is_int, log_prob_to_bpd, scale_data, to_uint8, uniform_dequantize
+from .core import Progress, bpd_offset, check, fail, get_device, is_int, log_prob_to_bpd, scale_data, to_uint8, uniform_dequantize
 from .data import get_dataset
 from .likelihood import bits_per_dim
 from .metrics import RunningStats, feature_batches, get_extractor, kid, reference_stats
@@ -19,25 +19,11 @@ from .sampling import hybrid_sample
 from .train import Models, Trainer, _atomic_write, _build_nets, find_checkpoint, plot_log, save_samples
 
 # %% auto #0
-__all__ = ['CONFIDENCE_BINS', 'PRESET', 'BASELINE', 'TM_SWEEP', 'NFES', 'METHODS', 'SCHEDULES', 'generate', 'domain_scores',
-           'Stopped', 'quickstart', 'export_models', 'load_exported', 'steps_for_nfe', 'train_model', 'heldout_bpd',
-           'prior_fit', 'bench_quality', 'summarize', 'plot_quality', 'bench_speed']
+__all__ = ['CONFIDENCE_BINS', 'PRESET', 'BASELINE', 'TM_SWEEP', 'NFES', 'METHODS', 'PC_SETTINGS', 'SCHEDULES', 'generate',
+           'domain_scores', 'Stopped', 'quickstart', 'export_models', 'load_exported', 'steps_for_nfe', 'train_model',
+           'heldout_bpd', 'prior_fit', 'bench_quality', 'summarize', 'plot_quality', 'bench_speed']
 
 # %% ../nbs/12_bench.ipynb #6d0ccb1f
-def _bar(it, on: bool, total: int | None = None, what: str = "batch"):
-    "A fastprogress bar over `it` when `on` in a notebook or a terminal, a plain line per item when the output is a file."
-    if not on: return it
-    import sys
-    from fastprogress.fastprogress import IN_NOTEBOOK, progress_bar
-    if IN_NOTEBOOK or sys.stdout.isatty(): return progress_bar(it, total=total, leave=False)
-    items = list(it)
-    def plain():
-        t0 = time.perf_counter()
-        for i, x in enumerate(items):
-            yield x
-            print(f"{what} {i + 1}/{len(items)}  {time.perf_counter() - t0:.0f} s", flush=True)
-    return plain()
-
 def generate(models: Models, n: int, *, seed: int = 0, batch_size: int | None = None, progress: bool = False,
              **overrides) -> tuple[torch.Tensor, int]:
     "`n` samples of `models` as `uint8` images `[n, C, H, W]`, and the NFE per sample; `overrides` replace the config's sampling settings."
@@ -45,7 +31,7 @@ def generate(models: Models, n: int, *, seed: int = 0, batch_size: int | None = 
     bs = batch_size or models.config.sampling.batch_size
     centered = models.config.resolved().data.centered
     out, nfe = [], 0
-    for first in _bar(range(0, n, bs), progress, what='sampling batch'):
+    for first in Progress(range(0, n, bs), progress, what='sampling batch'):
         res = models.sample(min(bs, n - first), seed=seed, first=first, **overrides)
         out.append(to_uint8(res.samples.cpu(), centered)); nfe = res.nfe
     return torch.cat(out), nfe
@@ -176,6 +162,8 @@ BASELINE = ('sde.t_m=1.0', 'training.w_flow=0', 'sampling.prior=gaussian')   # a
 TM_SWEEP = (0.2, 0.4, 0.6, 0.8)
 NFES = (10, 20, 50, 100, 200)
 METHODS = ('pc', 'heun', 'dpm2')
+PC_SETTINGS = {'none': {'corrector': 'none', 'noise_removal': True}, 'none-nr0': {'corrector': 'none', 'noise_removal': False},
+               **{f'langevin{s:g}': {'corrector': 'langevin', 'snr': s, 'n_steps_each': 1, 'noise_removal': True} for s in (0.01, 0.05, 0.16)}}
 SCHEDULES = ('uniform', 'logsnr', 'edm')
 
 def _json_write(path: Path, obj):
@@ -183,22 +171,31 @@ def _json_write(path: Path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + '\n').encode()), 'the results')
 
-def export_models(models: Models, path, note: str = ''):
-    "The EMA networks of `models` and their config in a small file (no optimizer state), loadable with `load_exported`."
+def export_models(models: Models, path, note: str = '', *, score_from: str | None = None):
+    """The EMA networks of `models` and their config in a small file (no optimizer state), loadable with `load_exported`.
+    `score_from`: the name of an exported file in the same folder whose score network `models` shares (a flow trained on
+    top of it): only the flow is written, and `load_exported` takes the score network from that file."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     ck = {'format': 'dinof-models-1', 'config': models.config.to_json(), 'step': models.step, 'note': note,
-          'score': models.score_model.state_dict(), 'flow': models.flow.state_dict()}
+          'flow': models.flow.state_dict()}
+    if score_from is None: ck['score'] = models.score_model.state_dict()
+    else: ck['score_from'] = Path(score_from).name
     _atomic_write(path, lambda f: torch.save(ck, f), 'the models')
 
-def load_exported(path, *, device=None) -> Models:
-    "The `Models` written by `export_models`, on `device`."
-    path = Path(path)
+def _read_exported(path: Path) -> dict:
     if not path.is_file(): raise FileNotFoundError(f'models: no such file {str(path)!r}')
     try: ck = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e: raise ValueError(f'models: {path} is not readable ({type(e).__name__})') from None
     if not (isinstance(ck, dict) and ck.get('format') == 'dinof-models-1'): raise ValueError(f'models: {path} is not a file of dinof.bench.export_models')
+    return ck
+
+def load_exported(path, *, device=None) -> Models:
+    "The `Models` written by `export_models`, on `device`."
+    path = Path(path)
+    ck = _read_exported(path)
     cfg = Config.from_json(ck['config'])
     sde, sm, fl = _build_nets(cfg)
+    if 'score_from' in ck: ck['score'] = _read_exported(path.parent / str(ck['score_from'])).get('score')
     try: sm.load_state_dict(ck['score']); fl.load_state_dict(ck['flow'])
     except (KeyError, RuntimeError) as e: raise ValueError(f'models: {path} does not fit its own config ({str(e).splitlines()[0]})') from None
     dev = get_device(device)
@@ -207,10 +204,11 @@ def load_exported(path, *, device=None) -> Models:
 # %% ../nbs/12_bench.ipynb #d30b1a0a
 def _zero_score(x, t): return torch.zeros_like(x)
 
-def steps_for_nfe(models: Models, prior: str, method: str, nfe: int, schedule: str = 'uniform') -> tuple[int, int]:
-    "The most solver steps whose sample costs at most `nfe` network evaluations (counted on a zero score), and that count."
+def steps_for_nfe(models: Models, prior: str, method: str, nfe: int, schedule: str = 'uniform', **sampling) -> tuple[int, int]:
+    """The most solver steps whose sample costs at most `nfe` network evaluations (counted on a zero score), and that count;
+    `sampling`: other sampler settings that change the count (e.g. PC's `corrector`, `n_steps_each`, `noise_removal`)."""
     check('nfe', is_int(nfe, 1), f'must be an integer >= 1, got {nfe!r}')
-    p, kw = models.prior(prior), {**models.config.sampling_kwargs(), 'method': method, 'schedule': schedule}
+    p, kw = models.prior(prior), {**models.config.sampling_kwargs(), **sampling, 'method': method, 'schedule': schedule}
     count = lambda s: hybrid_sample(p, models.sde, _zero_score, 1, **{**kw, 'steps': s}).nfe
     best = None
     for s in range(1, nfe + 1):
@@ -238,20 +236,22 @@ def train_model(workdir, overrides: Sequence[str] = (), *, steps: int, progress:
     return trainer.models()
 
 def _point(root: Path, name: str, models: Models, *, prior: str, method: str, nfe: int, schedule: str, n: int, seed: int,
-           progress: bool, device, keep: int = 0, setting: str = 'grid') -> dict:
+           progress: bool, device, keep: int = 0, setting: str = 'grid', extra: dict | None = None) -> dict:
     "One cell of the grid, read from its JSON file when it exists, else sampled, scored and written."
     f = root / 'points' / name / f'{setting}-{method}-{schedule}-nfe{nfe}-n{n}-seed{seed}.json'
     if f.is_file(): return json.loads(f.read_text())
-    steps, _ = steps_for_nfe(models, prior, method, nfe, schedule)
+    extra = extra or {}
+    steps, _ = steps_for_nfe(models, prior, method, nfe, schedule, **extra)
     t0 = time.perf_counter()
-    images, used = generate(models, n, seed=seed, progress=progress, prior=prior, method=method, steps=steps, schedule=schedule)
+    images, used = generate(models, n, seed=seed, progress=progress, prior=prior, method=method, steps=steps, schedule=schedule, **extra)
     secs = time.perf_counter() - t0
     d = domain_scores(images, device=device)
     rec = {'setting': setting, 'model': name, 'prior': prior, 't_m': models.t_m if prior == 'flow' else models.sde.T, 'method': method,
            'schedule': schedule, 'steps': steps, 'nfe': used, 'nfe_target': nfe, 'n': n, 'seed': seed,
            'fid': d['fid'], 'kid': d['kid'], 'kid_std': d['kid_std'], 'extractor': d['extractor'],
            'extractor_hash': d['extractor_hash'], 'reference': d['reference'], 'mean_confidence': d['mean_confidence'],
-           'sampling_seconds': round(secs, 2), 'images_per_s': round(n / secs, 2), 'training_step': models.step}
+           'sampling_seconds': round(secs, 2), 'images_per_s': round(n / secs, 2), 'training_step': models.step,
+           'compiled': hasattr(models.score_model, '_orig_mod'), 'sampler_settings': extra}
     if keep: np.savez_compressed(f.with_suffix('.npz'), samples=images[:keep, 0].numpy())
     _json_write(f, rec)
     _say(f'{name:12s} {method:5s} {schedule:8s} NFE {used:4d}  FID {rec["fid"]:7.2f}  KID {rec["kid"]:.4f}  ({secs:.0f} s)')
@@ -294,16 +294,31 @@ def _best_schedules(points: list[dict]) -> dict:
         out[m] = min((s for s in SCHEDULES if fids[s]), key=lambda s: sum(fids[s]) / len(fids[s]))
     return out
 
+def _compiled(m: Models) -> Models:
+    "`m` with its score network wrapped in `torch.compile` (compiled on first use, once per model and batch shape)."
+    return dataclasses.replace(m, score_model=torch.compile(m.score_model))
+
+def _best_method(points: list[dict]) -> str:
+    "The method with the lowest FID in most (prior, NFE) cells (ties: the first seen)."
+    wins = collections.Counter()
+    for key in {(p['model'], p['nfe_target']) for p in points}:
+        cell = [p for p in points if (p['model'], p['nfe_target']) == key]
+        wins[min(cell, key=lambda p: p['fid'])['method']] += 1
+    return max(wins, key=lambda me: (wins[me], -[p['method'] for p in points].index(me)))
+
 def bench_quality(root='bench/fashion_mnist', *, steps: int = 2000, flow_steps: int = 600, n: int = 2000, n_paper: int = 1000,
                   nfes: Sequence[int] = NFES, methods: Sequence[str] = METHODS, tm_sweep: Sequence[float] = TM_SWEEP,
-                  extra_seeds: Sequence[int] = (1, 2), n_bpd: int = 200, paper: bool = True, overrides: Sequence[str] = (),
-                  progress: bool = False, device=None) -> dict:
+                  extra_seeds: Sequence[int] = (1, 2), n_bpd: int = 200, paper: bool = True, n_pc: int = 1000, overrides: Sequence[str] = (),
+                  progress: bool = False, device=None, compile: bool = False) -> dict:
     """The Fashion-MNIST study (see the notebook): train the baseline and DiNof with the same budget, then every cell of the
-    grid, the schedules, seeds, bits/dim, the t_m sweep and the paper's setting, each cached under `root` as it finishes."""
+    grid, the schedules, seeds, bits/dim, the t_m sweep and the paper's setting, each cached under `root` as it finishes.
+    `compile=True` samples through `torch.compile`d score networks (same numbers to float rounding, ~1.4x faster on a CPU)."""
     check('steps', is_int(steps, 1), f'must be an integer >= 1, got {steps!r}')
     check('n', is_int(n, 2), f'must be an integer >= 2, got {n!r}')
     root = Path(root); root.mkdir(parents=True, exist_ok=True)
-    pt = lambda name, m, **kw: _point(root, name, m, **{'n': n, 'seed': 0, 'progress': progress, 'device': device, **kw})
+    compiled = {}   # one compiled wrapper per model, reused by every cell
+    fast = (lambda m: compiled[id(m)] if id(m) in compiled else compiled.setdefault(id(m), _compiled(m))) if compile else (lambda m: m)
+    pt = lambda name, m, **kw: _point(root, name, fast(m), **{'n': n, 'seed': 0, 'progress': progress, 'device': device, **kw})
     # 1. the two models, same preset, same steps and batch
     _say(f'training baseline and DiNof ({steps} steps each) in {root}/runs')
     base = train_model(root / 'runs' / 'baseline', (*overrides, *BASELINE), steps=steps, progress=progress, device=device)
@@ -321,20 +336,26 @@ def bench_quality(root='bench/fashion_mnist', *, steps: int = 2000, flow_steps: 
     cells = [c for c in (('dpm2', 20), ('pc', 100)) if c[0] in methods]
     seeds = [pt(k, m, prior=p, method=me, nfe=f, schedule=best[me], seed=s) for me, f in cells for s in extra_seeds
              for k, (m, p) in models.items()]
-    # 5. bits/dim of the test set; how well each prior fits its marginal
+    # 5. PC's settings at NFE 50: corrector (none, or Langevin at three signal-to-noise ratios), the final denoising step
+    pcset = [pt(k, m, prior=p, method='pc', nfe=50, schedule='uniform', n=n_pc, setting=f'pc_{name}', extra=extra)
+             for name, extra in PC_SETTINGS.items() for k, (m, p) in models.items()] if 'pc' in methods and n_pc else []
+    # 6. bits/dim of the test set; how well each prior fits its marginal
     bpd = {}
     for k, (m, p) in models.items():
         f = root / 'bpd' / f'{k}-n{n_bpd}.json'
         if not f.is_file(): _json_write(f, heldout_bpd(m, p, n_bpd)); _say(f'{k}: bits/dim {json.loads(f.read_text())["bpd"]:.3f}')
         bpd[k] = json.loads(f.read_text())
     fits = {}
-    # 6. t_m sweep: flows trained on top of the baseline's score network (its EMA weights), flow-only, `flow_steps` each
+    # 7. t_m sweep: flows trained on top of the baseline's score network (its EMA weights), flow-only, `flow_steps` each
     sweep = []
     base_ckpt = find_checkpoint(root / 'runs' / 'baseline')
     for tm in tm_sweep:
         name = f'flow_tm{tm:g}'
         m = train_model(root / 'runs' / name, (*overrides, f'sde.t_m={tm}', f'training.score_checkpoint={base_ckpt}',
                                                 'training.w_score=0', 'sampling.prior=flow'), steps=flow_steps, progress=progress, device=device)
+        same = all(torch.equal(a, b) for a, b in zip(m.score_model.state_dict().values(), base.score_model.state_dict().values()))
+        export_models(m, root / 'models' / f'{name}.pt', f'{PRESET} t_m {tm:g}, flow only on the baseline score network, '
+                      f'{flow_steps} steps', score_from='baseline.pt' if same else None)
         f = root / 'fits' / f'{name}.json'
         if not f.is_file(): _json_write(f, prior_fit(m))
         fits[name] = json.loads(f.read_text())
@@ -344,11 +365,12 @@ def bench_quality(root='bench/fashion_mnist', *, steps: int = 2000, flow_steps: 
     if not f.is_file(): _json_write(f, prior_fit(dino))
     fits['dinof'] = json.loads(f.read_text())
     best_tm = min(sweep, key=lambda r: r['fid'])['model'] if sweep else None
-    if best_tm is not None:   # the best of the sweep over the whole grid
+    if best_tm is not None:   # the best of the sweep over the NFE grid, with the method that wins most cells of the main grid
         m = train_model(root / 'runs' / best_tm, (*overrides, f'sde.t_m={fits[best_tm]["t_m"]}', f'training.score_checkpoint={base_ckpt}',
                                                   'training.w_score=0', 'sampling.prior=flow'), steps=flow_steps, device=device)
-        grid += [pt(best_tm, m, prior='flow', method=me, nfe=f, schedule=best[me], seed=0) for me in methods for f in nfes]
-    # 7. the paper's setting: PC with N steps from T (baseline) vs N t_m / T from t_m (DiNof)
+        me = _best_method(grid)
+        grid += [pt(best_tm, m, prior='flow', method=me, nfe=f, schedule=best[me], seed=0) for f in nfes]
+    # 8. the paper's setting: PC with N steps from T (baseline) vs N t_m / T from t_m (DiNof)
     paper_pts = []
     if paper and 'pc' in methods:
         N = base.sde.N
@@ -415,7 +437,7 @@ def bench_speed(models: dict, *, n: int = 64, nfes: Sequence[int] = NFES, method
     plan = [(k, m, p, f) for f in nfes for k, (m, p) in models.items()]
     if paper and method == 'pc':
         plan += [(k, m, p, ('paper', int(round(m.sde.N * (m.t_m if p == 'flow' else m.sde.T) / m.sde.T)))) for k, (m, p) in models.items()]
-    for k, m, p, f in _bar(plan, progress):
+    for k, m, p, f in Progress(plan, progress, what='speed cell'):
         steps = f[1] if isinstance(f, tuple) else steps_for_nfe(m, p, method, f)[0]
         best = float('inf')
         for _ in range(repeats):

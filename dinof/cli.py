@@ -56,7 +56,7 @@ def _metrics_common(p):
     p.add_argument('--weights', default=None, help='weights file for pt_inception / fmnist (default: torch hub cache / shipped)')
     p.add_argument('--batch-size', type=int, default=None, help='images per forward pass')
     p.add_argument('--device', default=None, help="'cpu', 'cuda' or 'cuda:N' (default: $DINOF_DEVICE, else cuda if available)")
-    p.add_argument('--no-progress', action='store_true', help='hide the progress bars')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar or progress lines')
 
 def _stats_args(p):
     p.add_argument('--dataset', required=True, help='dataset name (dinof.data), e.g. fashion_mnist, cifar10, celebahq, image_folder')
@@ -231,11 +231,11 @@ def _load(args):
 
 def _generate(m, args, n: int):
     "`(samples, network evaluations per sample)` of `n` samples, batch by batch (one in memory), on the CPU; sample i's noise depends on (seed, i) only."
-    from fastprogress.fastprogress import progress_bar
+    from dinof.core import Progress
     kw = {k: v for k, v in (('method', args.method), ('steps', args.steps)) if v is not None}
     bs = args.batch_size or m.config.sampling.batch_size
     starts = range(0, n, bs)
-    for i in (starts if args.no_progress else progress_bar(starts)):
+    for i in Progress(starts, not args.no_progress, what='sampling batch'):
         r = m.sample(min(bs, n - i), args.prior, seed=args.seed, first=i, **kw)
         yield r.samples.cpu(), r.nfe
 
@@ -299,7 +299,7 @@ def _eval_args(p):
 
 def _bpd(m, args, n: int):
     import torch
-    from dinof.core import bpd_offset, scale_data, uniform_dequantize
+    from dinof.core import Progress, bpd_offset, scale_data, uniform_dequantize
     from dinof.data import Toy2D, get_dataset
     from dinof.likelihood import bits_per_dim
     cfg = m.config.resolved()
@@ -313,7 +313,7 @@ def _bpd(m, args, n: int):
     dev = next(m.score_model.parameters()).device
     prior, bs = m.prior(args.prior), args.batch_size or m.config.eval.batch_size
     b = torch.cat([bits_per_dim(x[i:i + bs].to(dev), prior, m.sde, m.score_model, offset=offset, seed=args.seed, first=i).cpu()
-                   for i in range(0, n, bs)]).double()
+                   for i in Progress(range(0, n, bs), not args.no_progress, what='bits/dim batch')]).double()
     print(f'bits/dim {b.mean():.4f} +- {b.std() / n ** 0.5:.4f} (standard error)  N={n} test {"points" if isinstance(ds, Toy2D) else "images"}, '
           f'{prior.__class__.__name__} at t = {prior.t_m:g}, step {m.step}')
 
@@ -345,7 +345,7 @@ def _eval(args):
         from torch.utils.data import Subset
         ds = data()
         idx = np.sort(np.random.default_rng(args.seed).choice(len(ds), min(len(ds), max(n, 1000)), replace=False))
-        real = torch.cat([f for f, _ in metrics.feature_batches(Subset(ds, idx.tolist()), ext, progress=False)])
+        real = torch.cat([f for f, _ in metrics.feature_batches(Subset(ds, idx.tolist()), ext, progress=not args.no_progress)])
     # the samples, batch by batch: only their statistics (fid), features (kid) or split sums (is) are kept
     stats, feats, iscore = metrics.RunningStats(ext.dim), [], metrics.RunningIS(n, min(10, n))
     for x, _ in _generate(m, args, n):
@@ -410,6 +410,7 @@ def _bench_args(p):
     p.add_argument('--steps', type=int, default=2000, help='training steps of each model (quality; default: 2000)')
     p.add_argument('--n', type=int, default=None, help='samples per cell (quality; default 2000) or per timing (speed; default 64)')
     p.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE', help='override one setting of fmnist_small for both models (quality)')
+    p.add_argument('--compile', action='store_true', help='sample through torch.compile (quality; ~1.4x faster on a CPU, needs a C compiler)')
     _device_progress(p)
 
 @command('bench', 'The Fashion-MNIST study: DiNof against the Gaussian prior at equal NFE (quality), or the samplers\' speed (speed).', _bench_args)
@@ -427,7 +428,8 @@ def _bench(args):
     _writable_folder(args.root, '--root')
     root = Path(args.root)
     if args.what == 'quality':
-        try: res = bench_quality(root, steps=args.steps, n=args.n or 2000, overrides=tuple(args.set), progress=not args.no_progress, device=args.device)
+        try: res = bench_quality(root, steps=args.steps, n=args.n or 2000, overrides=tuple(args.set), progress=not args.no_progress,
+                                 device=args.device, compile=args.compile)
         except Stopped as e:
             print(f'dinof: {e}', file=sys.stderr); return 0
         print(f'{len(res["points"])} cells in {root / "results.json"}, plot {root / "fid_vs_nfe.png"}')

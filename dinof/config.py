@@ -22,9 +22,9 @@ def _f(default, choices=None, lo=None, hi=None, lo_open=False, doc=''):
     kw = dict(default_factory=lambda: default) if isinstance(default, (list, dict)) else dict(default=default)
     return field(metadata=dict(choices=choices, lo=lo, hi=hi, lo_open=lo_open, doc=doc), **kw)
 
-SDE_TYPES = ('vesde', 'vpsde', 'subvpsde')
-METRICS = ('fid', 'kid', 'is')
-AUTOCAST = ('auto', 'bf16', 'off')
+SDE_TYPES = ('vesde', 'vpsde', 'subvpsde')   # the choices of sde.type
+METRICS = ('fid', 'kid', 'is')               # the choices in eval.metrics
+AUTOCAST = ('auto', 'bf16', 'off')           # the choices of training.autocast
 _AUTO = 'auto: follows sde.type (see the table)'
 
 @dataclass
@@ -496,8 +496,8 @@ _PRESETS = {
     'toy2d': _toy2d,
     'fmnist_small': _fmnist_small,
 }
-PAPER_PRESETS = tuple(list(_PRESETS)[:7])
-PRESETS = tuple(_PRESETS)
+PAPER_PRESETS = tuple(list(_PRESETS)[:7])    # the paper's score_sde configurations (CIFAR-10, CelebA-HQ)
+PRESETS = tuple(_PRESETS)                    # every name get_config accepts: the paper's, then the CPU-sized ones
 
 def get_config(name: str, *overrides: str) -> Config:
     "Preset `name` (one of `PRESETS`), or a JSON file, with `section.key=value` overrides applied; validated."

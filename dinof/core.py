@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #2cca4466
 from __future__ import annotations
-import math, os, random
+import math, os, random, sys, time
 from typing import Sequence
 import numpy as np
 import torch
 
 # %% auto #0
 __all__ = ['get_device', 'seed_everything', 'PerSampleGenerator', 'randn', 'rand', 'randn_like', 'scale_data', 'unscale_data',
-           'to_uint8', 'log_prob_to_bpd', 'bpd_offset', 'uniform_dequantize', 'fail', 'check', 'is_int', 'bcast']
+           'to_uint8', 'log_prob_to_bpd', 'bpd_offset', 'uniform_dequantize', 'fail', 'check', 'is_int', 'bcast',
+           'Progress']
 
 # %% ../nbs/00_core.ipynb #b49c4421
 def get_device(device: str | torch.device | None = None) -> torch.device:
@@ -132,3 +133,64 @@ def is_int(v, lo: int | None = None) -> bool:
 def bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     "View per-sample scalars `v` of shape `[B]` as `[B, 1, ..., 1]` to broadcast against `x` of shape `[B, ...]`."
     return v.reshape(v.shape[0], *([1] * (x.dim() - 1)))
+
+# %% ../nbs/00_core.ipynb #551e57fb
+def _duration(s: float) -> str:
+    "Seconds as `12 s`, `4 min 05 s` or `2 h 03 min`."
+    s = int(round(s))
+    if s < 100: return f'{s} s'
+    return f'{s // 60} min {s % 60:02d} s' if s < 3600 else f'{s // 3600} h {s % 3600 // 60:02d} min'
+
+class Progress:
+    """Progress of a loop over `it` (`total` steps, by default `len(it)`): a fastprogress bar in a notebook or a terminal,
+    a few plain lines on stderr when stdout is a file or a pipe, nothing when `on` is False; `on='bar'`/`'plain'` forces one."""
+    def __init__(self, it=None, on: bool | str = True, total: int | None = None, what: str = 'step', every: float = 60.):
+        check('on', isinstance(on, bool) or on is None or on in ('bar', 'plain'), f"must be True, False, 'bar' or 'plain', got {on!r}")
+        if total is None and hasattr(it, '__len__'): total = len(it)
+        check('total', total is None or is_int(total, 0), f'must be an integer >= 0, got {total!r}')
+        self.it, self.total, self.what, self.every, self.done, self.comment = it, total, what, every, 0, ''
+        self._t0 = self._t_line = time.monotonic()
+        self._tenth, self._shown, self._bar, self.mode = 0, 0, None, 'off'
+        if not on: return
+        import fastprogress.fastprogress as fp   # its IN_NOTEBOOK is read here, so a test can patch it
+        tty = getattr(sys.stdout, 'isatty', lambda: False)()
+        if on == 'plain' or (on is True and not (fp.IN_NOTEBOOK or tty)): self.mode = 'plain'; return
+        self.mode = 'notebook' if fp.IN_NOTEBOOK else 'terminal'
+        if total != 0:
+            bar = fp.NBProgressBar if self.mode == 'notebook' else fp.ConsoleProgressBar
+            self._bar = bar(range(0), total='noinfer' if total is None else total, leave=False)
+            self._bar.update(0)
+
+    def __iter__(self):
+        try:
+            for x in self.it:
+                yield x
+                self.update(self.done + 1)
+        finally: self.close()
+
+    def update(self, done: int, comment: str | None = None, line: bool = False):
+        "`done` steps are done (and `comment` is the latest news); a plain line is written when due, or now if `line`."
+        self.done = done
+        if comment is not None: self.comment = comment
+        if self._bar is not None and self._bar.last_v is not None:   # last_v is None once fastprogress ended the bar
+            self._bar.comment = self.comment
+            self._bar.update(min(done, self.total) if self.total else done)
+        if self.mode != 'plain': return
+        tenth = 10 * done // self.total if self.total else 0
+        if line or tenth > self._tenth or time.monotonic() - self._t_line >= self.every: self._line()
+        self._tenth = max(self._tenth, tenth)
+
+    def _line(self):
+        now = time.monotonic()
+        took = now - self._t0
+        txt = f'{self.what} {self.done}' + (f'/{self.total}' if self.total else '') + f'  {_duration(took)}'
+        if self.total and 0 < self.done < self.total: txt += f', {_duration(took * (self.total - self.done) / self.done)} left'
+        print(txt + (f'  {self.comment}' if self.comment else ''), file=sys.stderr, flush=True)
+        self._t_line, self._shown = now, self.done
+
+    def close(self):
+        "End the display: a bar is taken down, and a plain display writes its last line if it is not written yet."
+        if self._bar is not None and self._bar.last_v is not None:
+            if self._bar.total is None: self._bar.total = max(self.done, 1)
+            self._bar.update(self._bar.total)   # fastprogress ends the bar when it reaches its total
+        if self.mode == 'plain' and self._shown != self.done: self._line()

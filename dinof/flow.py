@@ -51,6 +51,7 @@ class ActNorm(nn.Module):
         self._ready = None           # unknown until the next call reads the loaded buffer (once)
 
     def ready(self) -> bool:
+        "Whether the layer has been initialised from data (by its first `encode`, or by a loaded state)."
         if not self._ready: self._ready = bool(self.initialized)
         return self._ready
 
@@ -63,11 +64,14 @@ class ActNorm(nn.Module):
         self.initialized.fill_(True); self._ready = True
 
     def encode(self, x):
+        "`x` -> (`y`, log|det| `[B]`); the first call initialises the layer from `x`."
         if not self.ready(): self.init_from(x)
         y = (x + _pc(self.bias, x)) * _pc(self.logs.exp(), x)
         return y, (self.logs.sum() * _npos(x)).expand(x.shape[0])
 
-    def decode(self, y): return y * _pc((-self.logs).exp(), y) - _pc(self.bias, y)
+    def decode(self, y):
+        "The inverse: $x = y\\,e^{-s} - b$."
+        return y * _pc((-self.logs).exp(), y) - _pc(self.bias, y)
 
 # %% ../nbs/02_flow.ipynb #34adaa5f
 class InvConv1x1(nn.Module):
@@ -91,6 +95,7 @@ class InvConv1x1(nn.Module):
         return L, U
 
     def weight(self) -> torch.Tensor:
+        "$W = P L U$, `[C, C]`."
         L, U = self._LU()
         return self.P @ (L @ U)
 
@@ -105,9 +110,12 @@ class InvConv1x1(nn.Module):
         return F.conv2d(x, W[:, :, None, None]) if x.dim() == 4 else x @ W.T
 
     def encode(self, x):
+        "`x` -> ($Wx$ per pixel, log|det| `[B]` $= H W \\sum s$)."
         return self._matmul(x, self.weight()), (self.log_s.sum() * _npos(x)).expand(x.shape[0])
 
-    def decode(self, y): return self._matmul(y, self.weight_inverse())
+    def decode(self, y):
+        "The inverse: $W^{-1} y$ per pixel."
+        return self._matmul(y, self.weight_inverse())
 
 # %% ../nbs/02_flow.ipynb #3472c73d
 class _SigmoidAffine(torch.autograd.Function):
@@ -150,6 +158,7 @@ class Coupling(nn.Module):
     def _logscale(self, s): return torch.sigmoid(s + 2.).log() if self.scale == 'sigmoid' else 2. * torch.tanh(s / 2.)
 
     def encode(self, x):
+        "`x` -> (`y`, log|det| `[B]`)."
         xa, xb = x.split([self.ca, self.cb], 1)
         h = self.net(xa)
         if not self.affine: return torch.cat([xa, xb + h], 1), x.new_zeros(x.shape[0])
@@ -159,6 +168,7 @@ class Coupling(nn.Module):
         return torch.cat([xa, yb], 1), ld
 
     def decode(self, y):
+        "The inverse: $x_a = y_a$, $x_b = y_b\\,e^{-\\ell(y_a)} - t(y_a)$."
         ya, yb = y.split([self.ca, self.cb], 1)
         h = self.net(ya)
         if not self.affine: return torch.cat([ya, yb - h], 1)
@@ -169,8 +179,13 @@ class Coupling(nn.Module):
 # %% ../nbs/02_flow.ipynb #28c976f4
 class Squeeze(nn.Module):
     "Space-to-depth: `[C, H, W]` -> `[4C, H/2, W/2]`, channel `4c + 2i + j` holding pixel `(2h+i, 2w+j)` of channel `c`."
-    def encode(self, x): return F.pixel_unshuffle(x, 2), x.new_zeros(x.shape[0])
-    def decode(self, y): return F.pixel_shuffle(y, 2)
+    def encode(self, x):
+        "`x` `[B, C, H, W]` -> (`[B, 4C, H/2, W/2]`, log|det| = 0)."
+        return F.pixel_unshuffle(x, 2), x.new_zeros(x.shape[0])
+
+    def decode(self, y):
+        "The inverse (depth-to-space)."
+        return F.pixel_shuffle(y, 2)
 
 # %% ../nbs/02_flow.ipynb #77f7706c
 class Gaussian(nn.Module):
@@ -182,6 +197,7 @@ class Gaussian(nn.Module):
         self.logscale_factor = logscale_factor
 
     def params(self, x):
+        "($\\mu$, $\\log\\sigma$), each shaped to broadcast against `x`."
         f = self.logscale_factor
         return _pc(self.loc * (f * self.loc_logs).exp(), x), _pc(self.log_scale * (f * self.log_scale_logs).exp(), x)
 
@@ -211,6 +227,7 @@ class Split(nn.Module):
         return xa, (xb - mu) * (-logsig).exp(), ld.expand(x.shape[0])
 
     def decode(self, xa, zb):
+        "The inverse of `encode`: the kept half `xa` and the standardised half `zb` -> `x`."
         if self.prior == 'none': return torch.cat([xa, zb], 1)
         mu, logsig = self._params(xa, zb)
         return torch.cat([xa, mu + logsig.exp() * zb], 1)
@@ -229,6 +246,7 @@ class GlowStep(nn.Module):
         return W * es, W @ (an.bias * es)
 
     def encode(self, x):
+        "`x` -> (`y`, log|det| `[B]`); the ActNorm initialises itself from the first batch."
         if not self.actnorm.ready():
             x, ld0 = self.actnorm.encode(x); x, ld1 = self.invconv.encode(x); x, ld2 = self.coupling.encode(x)
             return x, ld0 + ld1 + ld2
@@ -238,6 +256,7 @@ class GlowStep(nn.Module):
         return y, ld + (self.actnorm.logs.sum() + self.invconv.log_s.sum()) * _npos(x)
 
     def decode(self, y):
+        "The inverse: coupling, then 1x1 conv and ActNorm undone by one fused convolution."
         # x = e^{-s} W^{-1} h - b: one conv with weight diag(e^{-s}) W^{-1} and bias -b
         h = self.coupling.decode(y)
         an = self.actnorm
@@ -247,7 +266,9 @@ class GlowStep(nn.Module):
 # %% ../nbs/02_flow.ipynb #d15225e4
 class _Flow(nn.Module):
     "Shared API: `encode`/`decode` are subclass-defined; the latent is standard normal under the model."
-    def forward(self, x): return self.log_prob(x)   # so DDP (which calls `forward`) can wrap a flow
+    def forward(self, x):
+        "`log_prob(x)`: a flow called on data gives its log-density (so DDP, which calls `forward`, can wrap a flow)."
+        return self.log_prob(x)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         "Natural log-density of each row of `x` (`[B]`): $\\log\\mathcal N(z; 0, I) + \\log|\\det \\partial z/\\partial x|$."
@@ -377,8 +398,13 @@ def from_normflows(state_dict: dict, flow: Glow) -> dict:
 # %% ../nbs/02_flow.ipynb #b8f57e9d
 class Reverse(nn.Module):
     "Reverse the order of the features (a permutation: log|det| = 0), so the next coupling transforms the other half."
-    def encode(self, x): return x.flip(1), x.new_zeros(x.shape[0])
-    def decode(self, y): return y.flip(1)
+    def encode(self, x):
+        "`x` -> (`x` with its features reversed, log|det| = 0)."
+        return x.flip(1), x.new_zeros(x.shape[0])
+
+    def decode(self, y):
+        "The inverse (the same reversal)."
+        return y.flip(1)
 
 class CouplingFlow(_Flow):
     "RealNVP-style flow for vectors `[B, dim]`: `depth` x (ActNorm -> affine coupling with an MLP -> reverse)."
@@ -394,6 +420,7 @@ class CouplingFlow(_Flow):
             self.layers.extend([ActNorm(dim), Coupling(dim, hidden, net=_mlp(ca, hidden, 2 * cb), scale='exp'), Reverse()])
 
     def encode(self, x):
+        "Data `x` `[B, dim]` -> (latent `z` `[B, dim]`, log|det dz/dx| `[B]`)."
         self._check_x(x)
         ld = x.new_zeros(x.shape[0])
         for layer in self.layers:
@@ -401,6 +428,7 @@ class CouplingFlow(_Flow):
         return x, ld
 
     def decode(self, z):
+        "Latent `z` `[B, dim]` -> data `x` `[B, dim]`."
         self._check_z(z)
         for layer in reversed(self.layers): z = layer.decode(z)
         return z

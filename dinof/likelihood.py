@@ -8,8 +8,8 @@ import math
 from typing import Callable
 import numpy as np
 import torch
-from .core import PerSampleGenerator, log_prob_to_bpd
-from .sampling import pf_drift, sample_seeds, _module_place, _rk45, _tvec
+from .core import PerSampleGenerator, Progress, log_prob_to_bpd
+from .sampling import pf_drift, sample_seeds, _module_place, _reporter, _rk45, _tvec
 
 # %% auto #0
 __all__ = ['TRACES', 'divergence_exact', 'divergence_hutchinson', 'log_likelihood', 'bits_per_dim']
@@ -58,7 +58,7 @@ def _validate(x, prior, sde, trace, rtol, atol):
     if not (rtol > 0 and atol > 0): raise ValueError(f'rtol, atol: must be > 0, got {rtol!r}, {atol!r}')
 
 def log_likelihood(x: torch.Tensor, prior, sde, score_fn: Callable, trace: str = 'rademacher', rtol: float = 1e-5,
-                   atol: float = 1e-5, seed: int = 0, first: int = 0, return_nfe: bool = False):
+                   atol: float = 1e-5, seed: int = 0, first: int = 0, return_nfe: bool = False, progress: bool = False):
     "Log-density (nats, `[B]`) of `x`, taken as $x(\\epsilon)$, under the ODE from `sde.eps` to `prior.t_m` plus `prior.log_prob`."
     _validate(x, prior, sde, trace, rtol, atol)
     probe = None
@@ -67,7 +67,9 @@ def log_likelihood(x: torch.Tensor, prior, sde, score_fn: Callable, trace: str =
         probe = (gen.rademacher if trace == 'rademacher' else gen.randn)(x.shape, dtype=x.dtype, device=x.device)
     fun = _AugmentedODE(sde, score_fn, x.detach(), probe)
     y0 = np.concatenate([x.detach().flatten().double().cpu().numpy(), np.zeros(x.shape[0])])
-    y = _rk45(fun, sde.eps, prior.t_m, y0, rtol, atol, name='log_likelihood')   # the end point only, no stored steps
+    shown = Progress(None, progress, 1000, 'likelihood ODE (time, per mille)')
+    y = _rk45(fun, sde.eps, prior.t_m, y0, rtol, atol, _reporter(shown, sde.eps, prior.t_m, True), 'log_likelihood')   # the end point only
+    shown.close()
     B = x.shape[0]
     z = torch.from_numpy(y[:-B]).reshape(x.shape)
     delta = torch.from_numpy(y[-B:]).to(x.device)

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fastprogress.fastprogress import progress_bar
-from .core import get_device
+from .core import Progress, get_device
 
 # %% auto #0
 __all__ = ['INCEPTION_PREPROCESS', 'PT_INCEPTION_FILE', 'PT_INCEPTION_URL', 'IMAGE_SUFFIXES', 'EXTRACTORS', 'trace_sqrt_product',
@@ -241,10 +240,6 @@ def check_images(images, name: str = 'images') -> torch.Tensor:
                          '(map [-1, 1] data with dinof.core.unscale_data, or pass uint8)')
     return images
 
-def _progress(it, display: bool, total: int | None = None):
-    "A fastprogress bar over `it`, or `it` itself when not displayed (fastprogress prints a character even with display=False)."
-    return progress_bar(it, total=total, leave=False) if display else it
-
 def weights_hash(*modules) -> str:
     "First 16 hex digits of a SHA-256 over the modules' parameters and buffers (names, shapes and values)."
     h = hashlib.sha256()
@@ -279,7 +274,7 @@ class Extractor:
     def _batches(self, images, batch_size, logits: bool, progress: bool = False):
         images = check_images(images)
         bs = batch_size or self.batch_size
-        for i in _progress(range(0, len(images), bs), progress):
+        for i in Progress(range(0, len(images), bs), progress, what='feature batch'):
             x = images[i:i + bs].to(self.device)
             x = x.float() / 255. if x.dtype == torch.uint8 else x.float()
             f = self.net(self.prepare(x)).flatten(1)
@@ -695,15 +690,15 @@ def _check_images_data(data):
         raise ValueError(f'data: {type(data).__name__} holds no images (a toy 2-D density?); FID statistics need images')
     if len(data) < 2: raise ValueError(f'data: needs at least 2 images for a covariance, got {len(data)}')
 
-def feature_batches(data, extractor: Extractor, batch_size: int | None = None, progress: bool = True,
+def feature_batches(data, extractor: Extractor, batch_size: int | None = None, progress: bool = False,
                     logits: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     "`(features [B, D], logits [B, K] or None)` of `data`'s images, one batch at a time (logits only when `logits`)."
     bs = batch_size or extractor.batch_size
-    for batch in _progress(_image_batches(data, bs), progress, total=math.ceil(len(data) / bs)):
+    for batch in Progress(_image_batches(data, bs), progress, math.ceil(len(data) / bs), 'feature batch'):
         f = extractor.features(batch, batch_size=bs)
         yield f, (extractor.classify(f) if logits else None)
 
-def compute_stats(data, extractor: Extractor, batch_size: int | None = None, progress: bool = True) -> FIDStats:
+def compute_stats(data, extractor: Extractor, batch_size: int | None = None, progress: bool = False) -> FIDStats:
     "FID statistics of `data` (images `[N, C, H, W]`, an `ImageFiles` or a dataset of images) under `extractor`, streamed in batches."
     _check_images_data(data)
     rs = None
@@ -735,7 +730,7 @@ def _fingerprint(data) -> str | None:
 
 def reference_stats(dataset: str = 'fashion_mnist', extractor: Extractor | str = 'inception', split: str = 'train',
                     data=None, data_root=None, cache_dir=None, batch_size: int | None = None, force: bool = False,
-                    progress: bool = True, device=None, image_size: int | None = None,
+                    progress: bool = False, device=None, image_size: int | None = None,
                     num_channels: int | None = None) -> FIDStats:
     "Statistics of `dataset`/`split` (or of `data`) under `extractor`, cached on the data's content and the extractor; `force` recomputes."
     ext = get_extractor(extractor, device=device) if isinstance(extractor, str) else extractor

@@ -108,8 +108,13 @@ def conv_downsample2d(x: torch.Tensor, w: torch.Tensor, k: torch.Tensor) -> torc
     p = k.shape[0] - 2 + w.shape[-1] - 1
     return F.conv2d(fir_filter(x, k, (p + 1) // 2, p // 2), w, stride=2)
 
-def naive_upsample(x): return F.interpolate(x, scale_factor=2, mode='nearest')
-def naive_downsample(x): return F.avg_pool2d(x, 2)
+def naive_upsample(x):
+    "Doubles the resolution of `x` `[B, C, H, W]` by repeating each pixel 2x2 (score_sde's `naive_upsample_2d`)."
+    return F.interpolate(x, scale_factor=2, mode='nearest')
+
+def naive_downsample(x):
+    "Halves the resolution of `x` `[B, C, H, W]` by averaging 2x2 blocks (score_sde's `naive_downsample_2d`)."
+    return F.avg_pool2d(x, 2)
 
 # %% ../nbs/03_nets.ipynb #d411da23
 class GaussianFourierProjection(nn.Module):
@@ -119,6 +124,7 @@ class GaussianFourierProjection(nn.Module):
         self.W = nn.Parameter(torch.randn(embedding_size) * scale, requires_grad=False)
 
     def forward(self, s):
+        "The features of `s` `[B]`: `[B, 2 embedding_size]`."
         proj = s[:, None] * self.W[None, :] * 2 * math.pi
         return torch.cat([proj.sin(), proj.cos()], dim=-1)
 
@@ -138,7 +144,8 @@ class NIN(nn.Module):
         self.W = nn.Parameter(default_init_(torch.empty(cin, cout), init_scale))
         self.b = nn.Parameter(torch.zeros(cout))
 
-    def forward(self, x):   # a matmul over the channels of the NHWC view, as the original computes it
+    def forward(self, x):
+        "`x` `[B, cin, H, W]` -> `[B, cout, H, W]`: a matmul over the channels of the NHWC view, as the original computes it."
         return (torch.matmul(x.permute(0, 2, 3, 1), self.W) + self.b).permute(0, 3, 1, 2)
 
 class Combine(nn.Module):
@@ -149,6 +156,7 @@ class Combine(nn.Module):
         self.method = method
 
     def forward(self, x, y):
+        "The 1x1 convolution of `x` (the input pyramid), concatenated with or added to `y` (the feature map)."
         h = self.Conv_0(x)
         return torch.cat([h, y], dim=1) if self.method == 'cat' else h + y
 
@@ -166,6 +174,7 @@ class AttnBlock(nn.Module):
         self.skip_rescale = skip_rescale
 
     def forward(self, x):
+        "`x` `[B, C, H, W]` plus (or, with `skip_rescale`, averaged with) its self-attention output."
         B, C, H, W = x.shape
         h = self.GroupNorm_0(x)
         q, k, v = (nin(h).reshape(B, C, H * W) for nin in (self.NIN_0, self.NIN_1, self.NIN_2))
@@ -188,6 +197,7 @@ class Upsample(nn.Module):
         if fir: self.register_buffer('k', fir_kernel_2d(fir_kernel, 4.), persistent=False)
 
     def forward(self, x):
+        "`x` `[B, in_ch, H, W]` -> `[B, out_ch, 2H, 2W]`."
         if not self.fir:
             h = naive_upsample(x)    # the original passes 'nearest' as F.interpolate's scale factor, which fails
             return self.Conv_0(h) if self.with_conv else h
@@ -206,6 +216,7 @@ class Downsample(nn.Module):
         if fir: self.register_buffer('k', fir_kernel_2d(fir_kernel, 1.), persistent=False)
 
     def forward(self, x):
+        "`x` `[B, in_ch, H, W]` -> `[B, out_ch, H/2, W/2]`."
         if not self.fir:
             return self.Conv_0(F.pad(x, (0, 1, 0, 1))) if self.with_conv else naive_downsample(x)
         if not self.with_conv: return fir_downsample(x, self.k)
@@ -234,6 +245,7 @@ class ResnetBlockDDPM(nn.Module):
         self.act, self.skip_rescale = act, skip_rescale
 
     def forward(self, x, temb=None):
+        "The block applied to `x` `[B, in_ch, H, W]` with the time embedding `temb` `[B, temb_dim]` (or none)."
         h = self.Conv_0(self.act(self.GroupNorm_0(x)))
         if temb is not None: h = h + self.Dense_0(self.act(temb))[:, :, None, None]
         h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
@@ -261,6 +273,7 @@ class ResnetBlockBigGAN(nn.Module):
         return fir_downsample(x, self.k) if self.fir else naive_downsample(x)
 
     def forward(self, x, temb=None):
+        "The block applied to `x` `[B, in_ch, H, W]` with the time embedding `temb` (or none); up- or down-sampled if so built."
         h = self.act(self.GroupNorm_0(x))
         if self.up or self.down: h, x = self._resample(h), self._resample(x)
         h = self.Conv_0(h)
@@ -482,6 +495,7 @@ class MLPScore(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(hidden), self.act, _dense(hidden, dim))
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        "The network output at `x` `[B, dim]` for time labels `labels` `[B]` (as `NCSNpp`'s)."
         if x.ndim != 2 or x.shape[1] != self.dim: raise ValueError(f'x: expected shape [B, {self.dim}], got {list(x.shape)}')
         if labels.shape != x.shape[:1]: raise ValueError(f'labels: expected shape [{x.shape[0]}], got {list(labels.shape)}')
         e = self.fourier(torch.log(labels)) if self.embedding_type == 'fourier' else timestep_embedding(labels, self.embed_dim)

@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 import numpy as np
 import torch
-from fastprogress.fastprogress import progress_bar
 from scipy.integrate import RK45
-from .core import PerSampleGenerator, bcast, is_int, randn
+from .core import PerSampleGenerator, Progress, bcast, is_int, randn
 from .sde import SDE, VPSDE, SubVPSDE, VESDE
 
 # %% auto #0
@@ -350,18 +349,12 @@ class _Recorder:
     def __init__(self): self.times, self.states = [], []
     def __call__(self, i, t, x): self.times.append(float(t)); self.states.append(x.detach().cpu().clone())
 
-class _Progress:
-    "A fastprogress bar for `hybrid_sample(progress=True)`: steps done of `total`, or (`total=None`, rk45) the time covered, in per mille."
-    def __init__(self, total: int | None, t_from: float, t_to: float):
-        self.by_time, self.t_from, self.t_to, self.done = total is None, t_from, t_to, 0
-        self.total = 1000 if total is None else total
-        self.bar = progress_bar(range(self.total), leave=False)
-        self.bar.update(0)
-
-    def __call__(self, i, t, x=None):
-        self.done += 1
-        v = round(self.total * (self.t_from - t) / (self.t_from - self.t_to)) if self.by_time else self.done
-        self.bar.update(min(max(v, 1), self.total))
+def _reporter(p: Progress, t_from: float, t_to: float, by_time: bool):
+    "A solver callback `(i, t, x=None)` moving `p` on by one step a call, or (`by_time`) to the share of the time covered, in per mille."
+    if p.mode == 'off': return None
+    def report(i, t, x=None):
+        p.update(min(max(round(1000 * (t_from - t) / (t_from - t_to)), 1), 1000) if by_time else p.done + 1)
+    return report
 
 def _chain(*callbacks):
     "One callback calling each of `callbacks` that is not None (None if none is)."
@@ -404,7 +397,8 @@ def hybrid_sample(prior, sde: SDE, score_fn: Callable, n: int = 64, method: str 
     if noise_removal is None: noise_removal = method == 'pc'
     if generator is None: generator = PerSampleGenerator(sample_seeds(seed, n, first))   # CPU streams on any device
     counted, rec = _Counted(score_fn), (_Recorder() if trajectory else None)
-    bar = _Progress(None if method == 'rk45' else steps, t0, t1) if progress else None
+    shown = Progress(None, progress, *((1000, 'sampling (time, per mille)') if method == 'rk45' else (steps, 'sampling step')))
+    bar = _reporter(shown, t0, t1, method == 'rk45')
     with torch.no_grad():
         x = prior.sample(n, generator=generator, device=device, dtype=dtype)
         if rec is not None: rec(0, t0, x)
@@ -424,4 +418,5 @@ def hybrid_sample(prior, sde: SDE, score_fn: Callable, n: int = 64, method: str 
             if noise_removal:   # score_sde's ODE denoiser: the mean of one reverse-diffusion step of size T/N at eps
                 x = reverse_diffusion(sde, counted, x, _tvec(t1, x), sde.T / sde.N, lambda: 0.)[1]
                 if rec is not None: rec(-1, 0., x)
+    shown.close()
     return SampleResult(x, counted.nfe, rec.times if rec else [], rec.states if rec else [])

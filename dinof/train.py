@@ -5,7 +5,7 @@
 # %% ../nbs/10_train.ipynb #89fe68ee
 from __future__ import annotations
 import copy, datetime, errno, json, math, os, random, signal, sys, threading, time
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 import dinof
 from . import flow as flows, nets
 from .config import Config, get_config
-from .core import PerSampleGenerator, check, fail, get_device, log_prob_to_bpd, scale_data, uniform_dequantize
+from .core import PerSampleGenerator, Progress, check, fail, get_device, log_prob_to_bpd, scale_data, uniform_dequantize
 from .data import Loader, Toy2D, forever, get_dataset
 from .losses import DiNofLoss, flow_input, flow_time
 from .metrics import _load_error
@@ -305,12 +305,11 @@ def _amp_dtype(mode: str, device: torch.device):
     if mode == 'bf16': return torch.bfloat16
     return torch.bfloat16 if device.type == 'cuda' and torch.cuda.is_bf16_supported() else None
 
-def _progress_mode(progress, rank: int) -> str:
-    if rank != 0 or progress is False or progress is None: return 'off'
-    if progress in ('plain', 'bar'): return progress
-    check('progress', progress is True, f"must be True, False, 'bar' or 'plain', got {progress!r}")
-    from fastprogress.fastprogress import IN_NOTEBOOK
-    return 'bar' if IN_NOTEBOOK or sys.stdout.isatty() else 'plain'
+def _summary(rec: dict) -> str:
+    "A log record in one short line: the losses, the learning rate and the speed."
+    return '  '.join(s for s in (rec['score_loss'] is not None and f'score {rec["score_loss"]:.4g}',
+                                 rec['flow_nll'] is not None and f'flow {rec["flow_nll"]:.4g} nats = {rec["flow_bpd"]:.4f} bits/dim',
+                                 f'lr {rec["lr"]:.2e}', f'{rec["images_per_s"]:.0f} img/s') if s)
 
 # %% ../nbs/10_train.ipynb #2258f862
 @dataclass
@@ -385,9 +384,9 @@ def save_samples(x: torch.Tensor, path, centered: bool = False, title: str = '')
 # %% ../nbs/10_train.ipynb #6b6e75f3
 class Trainer:
     """Trains DiNof from `config` (a `Config` or a preset's name) in `workdir`. `resume=True` continues from the workdir's
-    latest checkpoint (a fresh start if there is none), a path resumes from that file. `progress`: True (a fastprogress bar
-    when interactive, one plain line per log otherwise), 'bar', 'plain' or False. `callbacks`: called as `cb(trainer,
-    record)` at every log. Under torchrun, each process trains its share of the global batch with DDP."""
+    latest checkpoint (a fresh start if there is none), a path resumes from that file. `progress`: True (`dinof.core.Progress`:
+    a bar and a live `LossPlot` in a notebook, a bar in a terminal, a plain line per log otherwise), 'bar', 'plain' or
+    False. `callbacks`: called as `cb(trainer, record)` at every log. Under torchrun, each process trains its share of the global batch with DDP."""
     def __init__(self, config: Config | str, workdir, *, device=None, resume: bool | str | Path = False,
                  progress: bool | str = True, callbacks=(), dist_timeout: float = 600.):
         cfg = get_config(config) if isinstance(config, str) else config
@@ -395,7 +394,8 @@ class Trainer:
         cfg = Config.from_dict(cfg.to_dict())                    # a private, validated copy
         self.rank, self.world, self.device, self._own_group = _init_distributed(device, dist_timeout)
         self.workdir, self.callbacks, self.notes = Path(workdir), list(callbacks), []
-        self._mode = _progress_mode(progress, self.rank)
+        check('progress', progress is None or isinstance(progress, bool) or progress in ('bar', 'plain'), f"must be True, False, 'bar' or 'plain', got {progress!r}")
+        self._progress = progress if self.rank == 0 else False
         tr = cfg.training
         check('training.batch_size', tr.batch_size % self.world == 0,
               f'{tr.batch_size} cannot be split evenly over {self.world} processes')
@@ -621,7 +621,7 @@ class Trainer:
         return {'score_loss': score if self.train_score else None, 'flow_nll': nll if self.train_flow else None, 'lr': lr,
                 **{f'grad_norm_{k}': v for k, v in zip(norms, vals[4:])}, 'stop': stop > 0}
 
-    def _log(self, step: int, acc: list[dict], seconds: float, bar) -> dict:
+    def _log(self, step: int, acc: list[dict], seconds: float) -> dict:
         mean = lambda k: None if acc[0].get(k) is None else sum(a[k] for a in acc) / len(acc)
         nll = mean('flow_nll')
         rec = {'step': step, 'score_loss': mean('score_loss'), 'flow_nll': nll,
@@ -631,17 +631,11 @@ class Trainer:
         if self.loader is not None: rec['epoch'] = step // len(self.loader)
         if self.rank == 0:
             with open(self.workdir / _LOG, 'a') as f: f.write(json.dumps(rec) + '\n')
-            txt = '  '.join(s for s in (f'step {step}',
-                    rec['score_loss'] is not None and f'score {rec["score_loss"]:.4g}',
-                    nll is not None and f'flow {nll:.4g} nats = {rec["flow_bpd"]:.4f} bits/dim',
-                    f'lr {rec["lr"]:.2e}', f'{rec["images_per_s"]:.0f} img/s') if s)
-            if self._mode == 'plain': print(txt, flush=True)
-            elif self._mode == 'bar': bar.comment = txt
             for cb in self.callbacks: cb(self, rec)
         return rec
 
     def _say(self, msg: str):
-        if self._mode != 'off': print(msg, flush=True)
+        if self._progress: print(msg, flush=True)
 
     @contextmanager
     def _signals(self):
@@ -661,28 +655,32 @@ class Trainer:
         if n_steps is not None: check('n_steps', isinstance(n_steps, int) and n_steps >= 0, f'must be an integer >= 0, got {n_steps!r}')
         end = tr.n_iters if n_steps is None else self.step + n_steps
         steps = range(self.step + 1, end + 1)
-        bar = None
-        if self._mode == 'bar' and len(steps):
-            from fastprogress.fastprogress import progress_bar
-            bar = progress_bar(steps)
+        shown = Progress(None, self._progress, len(steps), 'training step')
+        plot = (LossPlot(every=2.) if shown.mode == 'notebook' and self._progress is True   # a live plot, redrawn at most every 2 s
+                and not any(isinstance(c, LossPlot) for c in self.callbacks) else None)
         records, acc, t_log, t_snap = [], [], 0., time.monotonic()
         self._it, self._stop = self._data_iter(), False
         self.score_model.train(self.train_score); self.flow.train(self.train_flow)
-        with self._signals():
-            for step in (bar if bar is not None else steps):
+        with self._signals(), closing(shown):
+            for step in steps:
                 t0 = time.perf_counter()
                 r = self._step(step)
                 self.step = step
                 dt = time.perf_counter() - t0
                 self.seconds += dt; t_log += dt; acc.append(r)
-                if step % tr.log_freq == 0 or step == end or r['stop']:
-                    records.append(self._log(step, acc, t_log, bar)); acc, t_log = [], 0.
+                logged = step % tr.log_freq == 0 or step == end or r['stop']
+                if logged:
+                    records.append(self._log(step, acc, t_log)); acc, t_log = [], 0.
+                    if plot is not None: plot(self, records[-1])
+                if logged or shown.mode != 'plain':   # a log file gets one line per log record; a bar moves every step
+                    shown.update(step - steps.start + 1, _summary(records[-1]) if logged else None, line=logged)
                 if r['stop']:
                     self._say(f'stopped by a signal at step {step}'); break
                 if step % tr.snapshot_freq == 0 or time.monotonic() - t_snap >= 60 * tr.snapshot_minutes:
                     self.save(); t_snap = time.monotonic()
                 if tr.preview_freq and step % tr.preview_freq == 0: self.preview()
         if self._saved_step != self.step: self.save()
+        if plot is not None and plot.records: plot.draw()
         return records
 
     fit = train
@@ -724,12 +722,17 @@ def plot_log(log, fig=None):
     return fig
 
 class LossPlot:
-    "A `Trainer` callback redrawing `plot_log` in place in a notebook at every log."
-    def __init__(self): self.records, self.handle, self.fig = [], None, None
+    "A `Trainer` callback redrawing `plot_log` in place in a notebook at every log, or at most once every `every` seconds."
+    def __init__(self, every: float = 0.): self.records, self.handle, self.fig, self.every, self._t = [], None, None, every, -math.inf
     def __call__(self, trainer, record):
+        self.records.append(record)
+        if time.monotonic() - self._t >= self.every: self.draw()
+
+    def draw(self):
+        "Redraw the curves of every record so far."
         import matplotlib.pyplot as plt
         from IPython.display import display
-        self.records.append(record)
+        self._t = time.monotonic()
         self.fig = plot_log(self.records, self.fig)
         if self.handle is None: self.handle = display(self.fig, display_id=True); plt.close(self.fig)
         else: self.handle.update(self.fig)

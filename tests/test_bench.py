@@ -98,10 +98,10 @@ BENCH_TINY = TINY + ('sde.num_scales=40', 'sampling.batch_size=10')
 
 @pytest.mark.slow
 def test_the_study_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
-    "Every stage on tiny networks: the models, schedules, grid, seeds, bits/dim, sweep and paper setting; then a rerun reads it all back."
+    "Every stage on tiny networks: the models, schedules, grid, seeds, PC settings, bits/dim, sweep and paper setting; then a rerun reads it all back."
     from dinof import bench
     kw = dict(steps=2, flow_steps=2, n=12, n_paper=6, nfes=(3, 6), methods=('pc', 'dpm2'), tm_sweep=(0.4, 0.8), extra_seeds=(1,),
-              n_bpd=2, overrides=BENCH_TINY)
+              n_bpd=2, n_pc=6, overrides=BENCH_TINY)
     res = bench.bench_quality(tmp_path, **kw)
     pts = res['points']
     grid = {(p['model'], p['method'], p['nfe_target'], p['seed']) for p in pts if p['setting'] == 'grid'}
@@ -113,7 +113,13 @@ def test_the_study_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     paper = {p['model']: p for p in pts if p['setting'] == 'paper'}
     assert (paper['baseline']['nfe'], paper['dinof']['nfe']) == (40, 24) and paper['baseline']['n'] == 6
     best = min((p for p in pts if p['model'].startswith('flow_tm') and p['nfe_target'] == 20), key=lambda p: p['fid'])['model']
-    assert {(best, 'pc', 3, 0), (best, 'dpm2', 6, 0)} <= grid
+    me = bench._best_method([p for p in pts if p['setting'] == 'grid' and p['model'] in ('baseline', 'dinof')])
+    assert {k for k in grid if k[0] == best} == {(best, me, 3, 0), (best, me, 6, 0)}   # the best t_m: one method, every NFE
+    pcs = {(p['setting'], p['model']): p for p in pts if p['setting'].startswith('pc_')}
+    assert set(pcs) == {(f'pc_{s}', k) for s in bench.PC_SETTINGS for k in ('baseline', 'dinof')}
+    assert pcs['pc_none', 'dinof']['nfe'] == 50 and pcs['pc_none-nr0', 'dinof']['nfe'] == 50 and pcs['pc_langevin0.05', 'dinof']['nfe'] == 50
+    assert pcs['pc_langevin0.05', 'dinof']['steps'] == 25 and pcs['pc_none', 'baseline']['steps'] == 50   # Langevin: 2 evaluations a step
+    assert pcs['pc_langevin0.16', 'baseline']['sampler_settings'] == bench.PC_SETTINGS['langevin0.16']
     assert set(res['fits']) == {'dinof', 'flow_tm0.4', 'flow_tm0.8'} and {b['prior'] for b in res['bpd']} == {'gaussian', 'flow'}
     assert res['runs']['baseline']['mode'] == 'score-only' and res['runs']['dinof']['mode'] == 'joint'
     assert res['runs']['flow_tm0.4']['mode'] == 'flow-only' and res['runs']['baseline']['steps'] == res['runs']['dinof']['steps'] == 2
@@ -161,3 +167,15 @@ def test_dinof_quickstart_and_bench_stop_on_a_signal_with_one_line(tmp_path, mon
     err = capsys.readouterr().err
     assert 'baseline: stopped by a signal at step 1 of 3' in err and err.count('\n') == 1, err
     assert not (tmp_path / 'b' / 'models').exists() and not (tmp_path / 'b' / 'runs' / 'dinof').exists()   # the study ended there
+
+
+@pytest.mark.parametrize('flag,expected', [((), False), (('--compile',), True)])
+def test_dinof_bench_quality_passes_compile_through(tmp_path, monkeypatch, capsys, flag, expected):
+    from dinof import bench
+    from dinof.cli import main
+    seen = {}
+    def fake(root, **kw):
+        seen.update(kw); return {'points': []}
+    monkeypatch.setattr(bench, 'bench_quality', fake)
+    assert main(['bench', 'quality', '--root', str(tmp_path / 'b'), '--no-progress', '--steps', '3', *flag]) == 0
+    assert seen['compile'] is expected and seen['steps'] == 3 and seen['progress'] is False

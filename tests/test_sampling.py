@@ -186,32 +186,3 @@ def test_per_sample_streams_are_cpu_streams_on_any_device():
     assert {g.device.type for g in prior.generator.generators} == {'cpu'}
     on_cpu = hybrid_sample(prior, sde, lambda x, t: -x, n=3, method='pc', steps=3, corrector='ald', trajectory=True)
     assert torch.equal(on_cpu.trajectory[0], GaussianPrior(sde, (2,)).sample(3, generator=PerSampleGenerator(sample_seeds(0, 3))))
-
-
-class _Bar:
-    "Stands in for fastprogress's progress_bar: records the values it is given."
-    made = []
-    def __init__(self, gen, **kw): self.total, self.values = len(gen), []; _Bar.made.append(self)
-    def update(self, v): self.values.append(v)
-
-
-@pytest.mark.parametrize('kw,total', [(dict(method='pc', steps=7), 7), (dict(method='heun', steps=4), 4),
-                                      (dict(method='dpm2', steps=3, noise_removal=True), 3), (dict(method='rk45'), 1000)])
-def test_progress_bar_runs_to_the_end(monkeypatch, kw, total):
-    import dinof.sampling as S
-    monkeypatch.setattr(S, 'progress_bar', _Bar)
-    _Bar.made.clear()
-    sde, net = VPSDE(), MLP().eval()
-    prior = GaussianPrior(sde, (4,))
-    shown = hybrid_sample(prior, sde, net, n=3, progress=True, **kw)
-    assert len(_Bar.made) == 1 and _Bar.made[0].total == total
-    vals = _Bar.made[0].values
-    assert vals[0] == 0 and vals[-1] == total and vals == sorted(vals)
-    assert torch.equal(shown.samples, hybrid_sample(prior, sde, net, n=3, **kw).samples)
-
-
-def test_progress_bar_for_real():
-    "The real fastprogress bar (console mode under pytest) does not disturb sampling."
-    sde, net = VESDE(), MLP().eval()
-    res = hybrid_sample(GaussianPrior(sde, (4,)), sde, net, n=2, steps=5, progress=True)
-    assert res.nfe == 10 and torch.isfinite(res.samples).all()
