@@ -164,7 +164,7 @@ NFES = (10, 20, 50, 100, 200)
 METHODS = ('pc', 'heun', 'dpm2')
 PC_SETTINGS = {'none': {'corrector': 'none', 'noise_removal': True}, 'none-nr0': {'corrector': 'none', 'noise_removal': False},
                **{f'langevin{s:g}': {'corrector': 'langevin', 'snr': s, 'n_steps_each': 1, 'noise_removal': True} for s in (0.01, 0.05, 0.16)}}
-SCHEDULES = ('uniform', 'logsnr', 'edm')
+SCHEDULES = ('uniform', 'logsnr', 'edm')   # the time grids an ODE method's schedule is chosen from
 
 def _json_write(path: Path, obj):
     "`obj` as JSON at `path`, through a temporary file (a stop mid-write leaves the old file or none)."

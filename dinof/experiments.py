@@ -318,13 +318,17 @@ class _Zeros:
     def sample(self, n, *, generator=None, device=None, dtype=None): return torch.zeros(n, *self.shape, device=device, dtype=dtype or torch.float32)
 
 @lru_cache(maxsize=8)
-def _flow_cost(flow_json: str, batch_size: int) -> tuple[float, float]:
-    "`(training, sampling)` FLOPs per image of the flow `flow_json` (`Config.flow_dict()` as JSON), on the CPU."
+def _flow_cost(flow_json: str, batch_size: int, device: str) -> tuple[float, float]:
+    """`(training, sampling)` FLOPs per image of the flow `flow_json` (`Config.flow_dict()` as JSON). On `meta` its ActNorms
+    are marked initialised instead of being initialised from data (which reads values): that changes values, not shapes."""
     fd = json.loads(flow_json); fd['in_shape'] = tuple(fd['in_shape'])
     torch.manual_seed(0)
-    fl = flows.build(fd)
-    x = torch.rand(batch_size, *fd['in_shape'])
-    fl.initialize(x)
+    fl = flows.build(fd).to(device)
+    x = torch.rand(batch_size, *fd['in_shape'], device=device)
+    if device == 'meta':
+        for m in fl.modules():
+            if isinstance(m, flows.ActNorm): m._ready = True
+    else: fl.initialize(x)
     train = count_flops(lambda: fl(x).sum().backward()) / batch_size
     with torch.no_grad(): sample = count_flops(lambda: fl.sample(batch_size)) / batch_size
     return train, sample
@@ -332,15 +336,22 @@ def _flow_cost(flow_json: str, batch_size: int) -> tuple[float, float]:
 def cost_per_image(cfg: Config | str, batch_size: int = 1, device: str = 'meta') -> dict:
     """FLOPs per image of `cfg` (a `Config` or a preset): a training step of the score network (forward and backward; 0
     when `training.w_score` is 0) and of the flow (its NLL), and a sample (the flow's draw, then `nfe` score evaluations of
-    the config's sampler). The score network is counted on `device`, the flow on the CPU, both at `batch_size`."""
+    the config's sampler). Both networks run on `device` (`'meta'`: shapes only, no memory) at `batch_size`."""
     cfg = get_config(cfg) if isinstance(cfg, str) else cfg
+    return dict(_cost(cfg.to_json(), batch_size, device))
+
+@lru_cache(maxsize=32)
+def _cost(cfg_json: str, batch_size: int, device: str) -> dict:
+    cfg = Config.from_json(cfg_json)
     with torch.device(device):
         sm = nets.ScoreModel(nets.build(cfg.model_dict()), cfg.build_sde(), cfg.training.continuous)
         x, t = torch.rand(batch_size, *cfg.data_shape), torch.rand(batch_size) * 0.5 + 0.1
-        score_train = count_flops(lambda: sm(x, t).square().sum().backward()) / batch_size
-        with torch.no_grad(): score_fwd = count_flops(lambda: sm(x, t)) / batch_size
+        with FlopCounterMode(display=False) as fwd: y = sm(x, t).square().sum()
+        with FlopCounterMode(display=False) as bwd: y.backward()
+        score_fwd = fwd.get_total_flops() / batch_size
+        score_train = score_fwd + bwd.get_total_flops() / batch_size
     fd = cfg.flow_dict()
-    flow_train, flow_sample = _flow_cost(json.dumps({**fd, 'in_shape': list(fd['in_shape'])}, sort_keys=True), batch_size)
+    flow_train, flow_sample = _flow_cost(json.dumps({**fd, 'in_shape': list(fd['in_shape'])}, sort_keys=True), batch_size, device)
     t_m = cfg.sde.t_m if cfg.sampling.prior == 'flow' else 1.
     nfe = hybrid_sample(_Zeros(t_m, (1,)), cfg.build_sde(), lambda x, t: torch.zeros_like(x), 1, **cfg.sampling_kwargs()).nfe
     score_train = score_train if cfg.training.w_score > 0 else 0.

@@ -15,8 +15,8 @@ from .train import Models
 __all__ = ['GAUSSIAN', 'JOINT', 'SEPARATE', 'NFE_CHOICES', 'EXPLORER_METHODS', 'load_sources', 'draw', 'Explorer']
 
 # %% ../nbs/14_explorer.ipynb #16f3d8e0
-GAUSSIAN, JOINT, SEPARATE = 'Gaussian at T (baseline)', 'flow at t_m, joint (DiNof)', 'flow at t_m, on the baseline score net'
-NFE_CHOICES = (10, 20, 50, 100, 200)
+GAUSSIAN, JOINT, SEPARATE = 'Gaussian at T (baseline)', 'flow at t_m, joint (DiNof)', 'flow at t_m, on the baseline score net'   # the sources
+NFE_CHOICES = (10, 20, 50, 100, 200)   # the NFE budgets on the slider, the study's grid
 EXPLORER_METHODS = ('pc', 'euler', 'heun', 'dpm1', 'dpm2', 'dpm3')   # rk45 is adaptive: its NFE is not chosen
 
 def load_sources(folder='bench/fashion_mnist/models', *, device=None) -> dict[str, dict[float, tuple[Models, str]]]:

@@ -112,6 +112,7 @@ class RunningIS:
         self._ends = np.cumsum(self.sizes)
 
     def update(self, logits) -> 'RunningIS':
+        "Add the next batch of logits `[B, K]` (images in order); returns `self`."
         lg = _as_f64(logits, 'logits')
         if lg.ndim != 2 or (self.p_sum is not None and lg.shape[1] != self.p_sum.shape[1]):
             raise ValueError(f'logits: must be a batch [B, K] with the same K in every batch, got shape {lg.shape}')
@@ -141,6 +142,7 @@ class RunningStats:
         self.n, self.mean, self.m2 = 0, np.zeros(dim), np.zeros((dim, dim))
 
     def update(self, feats) -> 'RunningStats':
+        "Add a batch of features `[B, D]` (Chan et al.'s pairwise update of the mean and the scatter); returns `self`."
         f = feats.detach().cpu().double().numpy() if isinstance(feats, torch.Tensor) else np.asarray(feats, np.float64)
         if f.ndim != 2 or f.shape[1] != len(self.mean):
             raise ValueError(f'feats: must be a batch [B, {len(self.mean)}], got shape {f.shape}')
@@ -155,10 +157,12 @@ class RunningStats:
 
     @property
     def sigma(self) -> np.ndarray:
+        "The unbiased covariance `[D, D]` of the features seen so far (needs at least 2)."
         if self.n < 2: raise ValueError(f'feats: a covariance needs at least 2 samples, got {self.n}')
         return self.m2 / (self.n - 1)
 
     def stats(self, extractor: str = '', extractor_hash: str = '', preprocess: str = '') -> 'FIDStats':
+        "The `FIDStats` (mean, covariance, count) of the features seen so far, labelled with their extractor."
         return FIDStats(self.mean.copy(), self.sigma, self.n, extractor, extractor_hash, preprocess)
 
 # %% ../nbs/08_metrics.ipynb #50c5f936
@@ -315,7 +319,9 @@ class FMNISTClassifier(nn.Module):
                                   nn.Flatten(), nn.Linear(2 * w * 9, dim), nn.ReLU(inplace=True))
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(dim, 10))
 
-    def forward(self, x): return self.head(self.body(x))
+    def forward(self, x):
+        "The 10 class logits of images `x` `[B, 1, 28, 28]` in `[0, 1]`."
+        return self.head(self.body(x))
 
 def _fmnist_input(x: torch.Tensor) -> torch.Tensor:
     "The `crop28` preparation: 28x28 as is, 32x32 centre-cropped to 28x28 (undoing the 2-pixel padding), RGB averaged to grey."
@@ -377,7 +383,7 @@ def tf_inception_input(x: torch.Tensor) -> torch.Tensor:
     rh, rw = (_tf_resize_matrix(n).to(x) for n in x.shape[-2:])
     return (rh @ x @ rw.T) * (255 / 128) - 1
 
-INCEPTION_PREPROCESS = {'tf': tf_inception_input, 'torch': inception_input}
+INCEPTION_PREPROCESS = {'tf': tf_inception_input, 'torch': inception_input}   # how Inception extractors resize their input
 
 def _inception_prepare(preprocess: str):
     if preprocess not in INCEPTION_PREPROCESS:
@@ -487,12 +493,14 @@ class PTInception(nn.Module):
         self.fc = nn.Linear(2048, 1008)   # the 1008-way logits (IS); not part of `forward`, used as the extractor's head
 
     def forward(self, x):
+        "The 2048-d pool3 features of `x` `[B, 3, 299, 299]` in `[-1, 1]`."
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(F.max_pool2d(x, 3, stride=2)))
         x = F.max_pool2d(x, 3, stride=2)
         for name in ('5b', '5c', '5d', '6a', '6b', '6c', '6d', '6e', '7a', '7b', '7c'): x = getattr(self, f'Mixed_{name}')(x)
         return x.mean((2, 3))
 
+# pytorch-fid's FID Inception weights: the file name in the torch hub cache and where to download it
 PT_INCEPTION_FILE = 'pt_inception-2015-12-05-6726825d.pth'
 PT_INCEPTION_URL = f'https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{PT_INCEPTION_FILE}'
 

@@ -32,7 +32,9 @@ class GaussianPrior:
         self.sde, self.shape = sde, (None if shape is None else tuple(int(s) for s in shape))
 
     @property
-    def t_m(self) -> float: return self.sde.T
+    def t_m(self) -> float:
+        "Where sampling starts: the SDE's end time $T$."
+        return self.sde.T
 
     def sample(self, n: int, *, generator=None, shape=None, device=None, dtype=None) -> torch.Tensor:
         "`n` draws of `x(T)` of `shape` (default: the prior's), float32 unless `dtype` says otherwise."
@@ -40,7 +42,10 @@ class GaussianPrior:
         if shape is None: raise ValueError('shape: this GaussianPrior has no sample shape; build it as GaussianPrior(sde, shape)')
         return self.sde.prior_sampling((n, *shape), generator=generator, device=device, dtype=dtype or torch.float32)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor: return self.sde.prior_logp(x)
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        "Log-density of each `x(T)` in the batch `x` under $\\mathcal N(0, \\sigma_T^2 I)$ (the SDE's `prior_logp`): `[B]`."
+        return self.sde.prior_logp(x)
+
     def __repr__(self): return f'GaussianPrior({self.sde!r}, shape={self.shape})'
 
 class FlowPrior:
@@ -62,7 +67,10 @@ class FlowPrior:
         z = randn((n, self.latent_dim), generator=generator, device=device or dev, dtype=dtype or dt)
         with torch.no_grad(): return self.flow.decode(self.temperature * z)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor: return self.flow.log_prob(x)
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        "Log-density of each `x(t_m)` in the batch `x` under the flow (the temperature is not applied): `[B]`."
+        return self.flow.log_prob(x)
+
     def __repr__(self): return f'FlowPrior({type(self.flow).__name__}, t_m={self.t_m}, temperature={self.temperature})'
 
 # %% ../nbs/06_sampling.ipynb #75cf6076
@@ -192,7 +200,7 @@ def ald(sde, score_fn, x, t, noise, snr, n_steps):
         x = x_mean + bcast((2 * step).sqrt(), x) * z
     return x, x_mean
 
-PREDICTORS = ('euler_maruyama', 'reverse_diffusion', 'ancestral_sampling')
+PREDICTORS = ('euler_maruyama', 'reverse_diffusion', 'ancestral_sampling')   # the names `pc_sample` accepts as `predictor`
 CORRECTORS = ('none', 'langevin', 'ald')        # Python None means 'none'
 _PREDICTOR_FNS = {'euler_maruyama': euler_maruyama, 'reverse_diffusion': reverse_diffusion, 'ancestral_sampling': ancestral_sampling}
 _CORRECTOR_FNS = {'langevin': langevin, 'ald': ald, 'none': None}
@@ -248,7 +256,7 @@ def time_of_log_snr(sde, lam: torch.Tensor) -> torch.Tensor:
     d = sde.beta_1 - sde.beta_0      # B(t) = beta_0 t + d t^2 / 2, solved for t >= 0
     return 2 * B / (sde.beta_0 + (sde.beta_0 ** 2 + 2 * d * B).sqrt())
 
-SCHEDULES = ('uniform', 'logsnr', 'edm')
+SCHEDULES = ('uniform', 'logsnr', 'edm')   # the time grids `time_steps` builds
 
 def time_steps(sde, t_from: float, t_to: float, steps: int, schedule: str = 'uniform', rho: float = 7.) -> torch.Tensor:
     "`steps + 1` decreasing times from `t_from` to `t_to`: uniform in $t$, in $\\lambda$, or EDM's $\\rho$ schedule in $\\sigma/\\alpha$."

@@ -82,8 +82,13 @@ class EMA(nn.Module):
         torch._foreach_lerp_(mine, theirs, 1. - self.decay(self.n))
         for b, s in zip(my_bufs, their_bufs): b.copy_(s)
 
-    def get_extra_state(self): return {'n': self.n}
-    def set_extra_state(self, state): self.n = int(state['n'])
+    def get_extra_state(self):
+        "The step count `n`, saved in the `state_dict` (the decay's warm-up depends on it)."
+        return {'n': self.n}
+
+    def set_extra_state(self, state):
+        "Restore the step count from a loaded `state_dict`."
+        self.n = int(state['n'])
 
 def _unwrap_ema(sd: dict) -> dict:
     "The averaged network's `state_dict` from an `EMA`'s."

@@ -74,7 +74,7 @@ def test_exported_symbols_have_show_doc(module):
     code = '\n'.join(_src(c) for c in cells if c['cell_type'] == 'code' and re.search(r'^#\|\s*exports?\b', _src(c), re.M))
     def _told(n):
         return re.search(rf'\b{n}\b', prose) or re.search(rf'^{n}\s*(?::[^=\n]*)?=.*#', code, re.M) \
-            or re.search(rf'^#.*\n{n}\s*(?::[^=\n]*)?=', code, re.M)
+            or re.search(rf'^#.*\n(?:\w+\s*(?::[^=\n]*)?=.*\n)*{n}\s*(?::[^=\n]*)?=', code, re.M)
     untold = [n for n in consts if not _told(n)]
     assert not untold, f'{nb.name}: constants neither named in the prose nor commented where defined: {untold}'
 
