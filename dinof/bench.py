@@ -15,13 +15,13 @@ from .core import Progress, bpd_offset, check, fail, get_device, is_int, log_pro
 from .data import get_dataset
 from .likelihood import bits_per_dim
 from .metrics import RunningStats, feature_batches, get_extractor, kid, reference_stats
-from .sampling import hybrid_sample
+from .sampling import SCHEDULES, hybrid_sample
 from .train import Models, Trainer, _atomic_write, _build_nets, find_checkpoint, plot_log, save_samples
 
 # %% auto #0
-__all__ = ['CONFIDENCE_BINS', 'PRESET', 'BASELINE', 'TM_SWEEP', 'NFES', 'METHODS', 'PC_SETTINGS', 'SCHEDULES', 'generate',
-           'domain_scores', 'Stopped', 'quickstart', 'export_models', 'load_exported', 'steps_for_nfe', 'train_model',
-           'heldout_bpd', 'prior_fit', 'bench_quality', 'summarize', 'plot_quality', 'bench_speed']
+__all__ = ['CONFIDENCE_BINS', 'PRESET', 'BASELINE', 'TM_SWEEP', 'NFES', 'METHODS', 'PC_SETTINGS', 'generate', 'domain_scores',
+           'Stopped', 'quickstart', 'export_models', 'load_exported', 'steps_for_nfe', 'train_model', 'heldout_bpd',
+           'prior_fit', 'bench_quality', 'summarize', 'plot_quality', 'bench_speed']
 
 # %% ../nbs/12_bench.ipynb #6d0ccb1f
 def generate(models: Models, n: int, *, seed: int = 0, batch_size: int | None = None, progress: bool = False,
@@ -164,7 +164,6 @@ NFES = (10, 20, 50, 100, 200)
 METHODS = ('pc', 'heun', 'dpm2')
 PC_SETTINGS = {'none': {'corrector': 'none', 'noise_removal': True}, 'none-nr0': {'corrector': 'none', 'noise_removal': False},
                **{f'langevin{s:g}': {'corrector': 'langevin', 'snr': s, 'n_steps_each': 1, 'noise_removal': True} for s in (0.01, 0.05, 0.16)}}
-SCHEDULES = ('uniform', 'logsnr', 'edm')   # the time grids an ODE method's schedule is chosen from
 
 def _json_write(path: Path, obj):
     "`obj` as JSON at `path`, through a temporary file (a stop mid-write leaves the old file or none)."
@@ -330,15 +329,15 @@ def bench_quality(root='bench/fashion_mnist', *, steps: int = 2000, flow_steps: 
     sched_pts = [pt(k, m, prior=p, method=me, nfe=20, schedule=s) for me in methods if me != 'pc' for s in SCHEDULES
                  for k, (m, p) in models.items()]
     best = _best_schedules(sched_pts)
-    # 3. the grid; 4. more sampling seeds at two cells
+    # 3. PC's settings at NFE 50: corrector (none, or Langevin at three signal-to-noise ratios), the final denoising step
+    pcset = [pt(k, m, prior=p, method='pc', nfe=50, schedule='uniform', n=n_pc, setting=f'pc_{name}', extra=extra)
+             for name, extra in PC_SETTINGS.items() for k, (m, p) in models.items()] if 'pc' in methods and n_pc else []
+    # 4. the grid; 5. more sampling seeds at two cells
     grid = [pt(k, m, prior=p, method=me, nfe=f, schedule=best[me], keep=100 if f == 50 else 0, seed=0)
             for me in methods for f in nfes for k, (m, p) in models.items()]
     cells = [c for c in (('dpm2', 20), ('pc', 100)) if c[0] in methods]
     seeds = [pt(k, m, prior=p, method=me, nfe=f, schedule=best[me], seed=s) for me, f in cells for s in extra_seeds
              for k, (m, p) in models.items()]
-    # 5. PC's settings at NFE 50: corrector (none, or Langevin at three signal-to-noise ratios), the final denoising step
-    pcset = [pt(k, m, prior=p, method='pc', nfe=50, schedule='uniform', n=n_pc, setting=f'pc_{name}', extra=extra)
-             for name, extra in PC_SETTINGS.items() for k, (m, p) in models.items()] if 'pc' in methods and n_pc else []
     # 6. bits/dim of the test set; how well each prior fits its marginal
     bpd = {}
     for k, (m, p) in models.items():

@@ -13,7 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from . import flow as flows, nets
 from .config import Config, get_config
-from .core import check, fail, is_int, to_uint8
+from .core import Progress, check, fail, is_int, to_uint8
 from .data import get_dataset
 from .sampling import hybrid_sample
 from .train import _atomic_write, find_checkpoint, load_models, plot_log, save_samples
@@ -204,16 +204,6 @@ def sample_grid(checkpoint, path=None, *, n: int = 64, seed: int = 0, device=Non
     return save_samples(res.samples, path, m.config.resolved().data.centered, f'step {m.step}')
 
 # %% ../nbs/13_experiments.ipynb #673b1fde
-def _bar(it, total: int, on: bool, what: str):
-    "A fastprogress bar in a notebook or a terminal, a plain line per item when the output is a file, nothing when off."
-    if not on: yield from it; return
-    from fastprogress.fastprogress import IN_NOTEBOOK, progress_bar
-    if IN_NOTEBOOK or sys.stdout.isatty(): yield from progress_bar(it, total=total, leave=False); return
-    t0 = time.perf_counter()
-    for i, x in enumerate(it):
-        yield x
-        print(f'{what} {i + 1}/{total}  {time.perf_counter() - t0:.0f} s', flush=True)
-
 def _batch_ok(f: Path, first: int, size: int, shape) -> bool:
     "Whether `f` is a complete batch file for samples `first .. first+size-1`."
     try:
@@ -226,7 +216,8 @@ def sample_cached(models, n: int, folder, *, batch_size: int | None = None, seed
                   limit: int | None = None, progress: bool = True, **overrides) -> dict:
     """`n` samples of `models` (`dinof.train.Models`) as `uint8` images, one `batch_KKKKK.npz` per `batch_size` samples
     (default `eval.batch_size`) in `folder`, keeping the batches already there. `shard=(r, R)`: only the batches
-    `k % R == r`; `limit`: at most so many new batches; `overrides`: sampler settings. Returns `{'batches', 'made', 'nfe'}`."""
+    `k % R == r`; `limit`: at most so many new batches; `progress`: as `dinof.core.Progress`; `overrides`: sampler
+    settings. Returns `{'batches', 'made', 'nfe'}`."""
     check('n', is_int(n, 1), f'must be an integer >= 1, got {n!r}')
     bs = batch_size or models.config.eval.batch_size
     check('batch_size', is_int(bs, 1), f'must be an integer >= 1, got {bs!r}')
@@ -248,7 +239,7 @@ def sample_cached(models, n: int, folder, *, batch_size: int | None = None, seed
             and not _batch_ok(folder / f'batch_{k:05d}.npz', first, min(bs, n - first), shape)]
     if limit is not None: todo = todo[:limit]
     made, nfe = 0, None
-    for k, first in _bar(iter(todo), len(todo), progress, 'sampling batch'):
+    for k, first in Progress(todo, progress, what='sampling batch'):
         res = models.sample(min(bs, n - first), seed=seed, first=first, **overrides)
         x, nfe = to_uint8(res.samples.cpu(), centered).numpy(), res.nfe
         _atomic_write(folder / f'batch_{k:05d}.npz', lambda f: np.savez(f, samples=x, first=np.int64(first), nfe=np.int64(nfe)),
@@ -294,7 +285,7 @@ def evaluate(checkpoint, folder, *, n: int | None = None, batch_size: int | None
     try: ise, is_note = metrics.get_extractor('pt_inception', weights=is_weights, device=device), None
     except FileNotFoundError as e: ise, is_note = None, f'no IS: {e}'
     rs, iscore = metrics.RunningStats(ext.dim), (metrics.RunningIS(n, min(10, n)) if ise is not None else None)
-    for x in _bar(_cached_batches(Path(folder), spec), made['batches'], progress, 'scoring batch'):
+    for x in Progress(_cached_batches(Path(folder), spec), progress, made['batches'], 'scoring batch'):
         rs.update(ext.features(x))
         if iscore is not None: iscore.update(ise.logits(x))
     out = {'checkpoint': str(ck), 'step': m.step, 'n': n, 'seed': seed, 'prior': spec['sampling']['prior'], 'nfe': made['nfe'],
@@ -341,15 +332,22 @@ def cost_per_image(cfg: Config | str, batch_size: int = 1, device: str = 'meta')
     return dict(_cost(cfg.to_json(), batch_size, device))
 
 @lru_cache(maxsize=32)
-def _cost(cfg_json: str, batch_size: int, device: str) -> dict:
-    cfg = Config.from_json(cfg_json)
+def _score_cost(net_json: str, batch_size: int, device: str) -> tuple[float, float]:
+    "`(forward, forward and backward)` FLOPs per image of the score network a config's `model`, `sde`, `training.continuous` and data shape build."
+    cfg = Config.from_json(net_json)
     with torch.device(device):
         sm = nets.ScoreModel(nets.build(cfg.model_dict()), cfg.build_sde(), cfg.training.continuous)
         x, t = torch.rand(batch_size, *cfg.data_shape), torch.rand(batch_size) * 0.5 + 0.1
         with FlopCounterMode(display=False) as fwd: y = sm(x, t).square().sum()
         with FlopCounterMode(display=False) as bwd: y.backward()
-        score_fwd = fwd.get_total_flops() / batch_size
-        score_train = score_fwd + bwd.get_total_flops() / batch_size
+    return fwd.get_total_flops() / batch_size, (fwd.get_total_flops() + bwd.get_total_flops()) / batch_size
+
+@lru_cache(maxsize=32)
+def _cost(cfg_json: str, batch_size: int, device: str) -> dict:
+    cfg = Config.from_json(cfg_json)
+    d = cfg.to_dict()   # what builds the score network, and nothing else: flow-only variants share its count
+    net = Config.from_dict({'model': d['model'], 'sde': d['sde'], 'data': d['data'], 'training': {'continuous': cfg.training.continuous}})
+    score_fwd, score_train = _score_cost(net.to_json(), batch_size, device)
     fd = cfg.flow_dict()
     flow_train, flow_sample = _flow_cost(json.dumps({**fd, 'in_shape': list(fd['in_shape'])}, sort_keys=True), batch_size, device)
     t_m = cfg.sde.t_m if cfg.sampling.prior == 'flow' else 1.
