@@ -4,15 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #2cca4466
 from __future__ import annotations
-import math, os, random, sys, time
+import math, os, pickle, random, sys, time
 from typing import Sequence
 import numpy as np
 import torch
 
 # %% auto #0
 __all__ = ['get_device', 'seed_everything', 'PerSampleGenerator', 'randn', 'rand', 'randn_like', 'scale_data', 'unscale_data',
-           'to_uint8', 'log_prob_to_bpd', 'bpd_offset', 'uniform_dequantize', 'fail', 'check', 'is_int', 'bcast',
-           'Progress']
+           'to_uint8', 'log_prob_to_bpd', 'bpd_offset', 'uniform_dequantize', 'fail', 'check', 'is_int',
+           'describe_load_error', 'bcast', 'Progress']
 
 # %% ../nbs/00_core.ipynb #b49c4421
 def get_device(device: str | torch.device | None = None) -> torch.device:
@@ -128,6 +128,17 @@ def check(name: str, ok: bool, what: str):
 def is_int(v, lo: int | None = None) -> bool:
     "Whether `v` is a Python or NumPy integer (not a `bool`), and `>= lo` when `lo` is given."
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and (lo is None or v >= lo)
+
+_REFUSED = 'refused: the file carries code or objects other than tensors (loaded with weights_only=True: {})'
+
+def describe_load_error(e: Exception) -> tuple[bool, str]:
+    """Why `torch.load(..., weights_only=True)` (or what follows it) failed, in one line, and whether it was the refusal of
+    a pickle naming a global (code, or an object other than tensors), which torch buries in a paragraph."""
+    if isinstance(e, pickle.UnpicklingError) and str(e).startswith('Weights only load failed'):
+        why = ' '.join(str(e.__context__ or '').split())[:120] or 'an unsupported pickle'
+        return ('global' in why.lower(), _REFUSED.format(why) if 'global' in why.lower() else f'UnpicklingError: {why}')
+    return False, f'{type(e).__name__}: {" ".join(str(e).split())[:120]}'
+
 
 # %% ../nbs/00_core.ipynb #573abd74
 def bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

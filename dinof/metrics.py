@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import Progress, get_device
+from .core import Progress, describe_load_error, get_device
 
 # %% auto #0
 __all__ = ['INCEPTION_PREPROCESS', 'PT_INCEPTION_FILE', 'PT_INCEPTION_URL', 'IMAGE_SUFFIXES', 'EXTRACTORS', 'trace_sqrt_product',
@@ -332,21 +332,11 @@ def _fmnist_input(x: torch.Tensor) -> torch.Tensor:
 
 def _asset(name: str) -> Path: return Path(str(importlib.resources.files('dinof'))) / 'assets' / name
 
-_REFUSED = 'refused: the file carries code or objects other than tensors (loaded with weights_only=True: {})'
-
-def _load_error(e: Exception) -> tuple[bool, str]:
-    """Why `torch.load(..., weights_only=True)` (or what follows it) failed, in one line, and whether it was the refusal of
-    a pickle naming a global (code, or an object other than tensors), which torch buries in a paragraph."""
-    if isinstance(e, pickle.UnpicklingError) and str(e).startswith('Weights only load failed'):
-        why = ' '.join(str(e.__context__ or '').split())[:120] or 'an unsupported pickle'
-        return ('global' in why.lower(), _REFUSED.format(why) if 'global' in why.lower() else f'UnpicklingError: {why}')
-    return False, f'{type(e).__name__}: {" ".join(str(e).split())[:120]}'
-
 def _load_weights(net: nn.Module, path: Path, what: str) -> nn.Module:
     "`net` with the state dict in `path`; a file that is not one (corrupt, another network's, carrying code) is a one-sentence `ValueError`."
     try: net.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
     except Exception as e:   # torch.load and load_state_dict raise many types (KeyError, UnpicklingError, RuntimeError, ...)
-        refused, why = _load_error(e)
+        refused, why = describe_load_error(e)
         raise ValueError(f'{path}: {why}' if refused else f'{path}: not a {what} weights file ({why})') from None
     return net
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .core import bcast, check, fail, is_int
+from .core import bcast, check, describe_load_error, fail, is_int
 from .sde import SDE, VPSDE, SubVPSDE, VESDE
 
 # %% auto #0
@@ -679,7 +679,8 @@ def _read_checkpoint(path: Path, map_location) -> dict:
     try: ck = torch.load(path, map_location=map_location, weights_only=True)
     except OSError: raise                                   # unreadable for the OS (permissions): its own clear error
     except Exception as e:                                  # torch raises many kinds on garbage (UnpicklingError, RuntimeError, KeyError, EOFError, ...)
-        raise ValueError(f'path: {str(path)!r} is not a readable PyTorch checkpoint (torch.load failed: {type(e).__name__})') from None
+        refused, why = describe_load_error(e)
+        raise ValueError(f'path: {str(path)!r} {why}' if refused else f'path: {str(path)!r} is not a readable PyTorch checkpoint ({why})') from None
     model = ck.get('model') if isinstance(ck, dict) else None
     if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
         raise ValueError(f"path: {str(path)!r} is not a score_sde checkpoint (expected a dict whose 'model' maps names to tensors)")

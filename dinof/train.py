@@ -16,10 +16,9 @@ from torch.nn.parallel import DistributedDataParallel
 import dinof
 from . import flow as flows, nets
 from .config import Config, get_config
-from .core import PerSampleGenerator, Progress, check, fail, get_device, log_prob_to_bpd, scale_data, uniform_dequantize
+from .core import PerSampleGenerator, Progress, check, describe_load_error, fail, get_device, log_prob_to_bpd, scale_data, uniform_dequantize
 from .data import Loader, Toy2D, forever, get_dataset
 from .losses import DiNofLoss, flow_input, flow_time
-from .metrics import _load_error
 from .sampling import FlowPrior, GaussianPrior, SampleResult, hybrid_sample
 
 # %% auto #0
@@ -167,7 +166,7 @@ def load_checkpoint(path, map_location='cpu') -> dict:
     if not path.is_file(): raise FileNotFoundError(f'checkpoint: no such file {str(path)!r}')
     try: ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        refused, why = _load_error(e)
+        refused, why = describe_load_error(e)
         raise ValueError(f'checkpoint: {path} {why}' if refused else f'checkpoint: {path} is not readable (truncated or corrupt: {why})') from None
     if not isinstance(ck, dict) or ck.get('format') != _FORMAT:
         raise ValueError(f'checkpoint: {path} is not a dinof training checkpoint')
@@ -263,7 +262,7 @@ def load_score_network(cfg: Config, path=None) -> tuple[Config, nn.Module, list[
     if not path.is_file(): raise FileNotFoundError(f'training.score_checkpoint: no such file {str(path)!r}')
     try: ck = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     except Exception as e:
-        refused, why = _load_error(e)
+        refused, why = describe_load_error(e)
         raise ValueError(f'training.score_checkpoint: {path} {why}' if refused else f'training.score_checkpoint: {path} is not readable ({why})') from None
     if isinstance(ck, dict) and ck.get('format') == _FORMAT:         # one of ours
         try:
