@@ -147,7 +147,7 @@ class SamplingConfig:
     n_steps_each: int = _f(1, lo=1, doc='corrector steps per predictor step')
     noise_removal: bool = _f(True, doc='a final denoising step at eps')
     steps: int | None = _f(None, lo=1, doc='None: N t_m / T from the flow prior, N from the Gaussian')
-    schedule: str = _f('uniform', SCHEDULES)
+    schedule: str = _f('auto', ('auto', *SCHEDULES))
     batch_size: int = _f(64, lo=1)
 
 @dataclass
