@@ -409,21 +409,28 @@ def _cells(res: dict, model: str, method: str) -> list[tuple[int, float, float, 
             by.setdefault(p['nfe'], []).append(p['fid'])
     return [(k, float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0., len(v)) for k, v in sorted(by.items())]
 
+_LABELS = {'baseline': 'baseline (Gaussian at T)', 'dinof': 'DiNof (flow at t_m = 0.6)'}
+_FID_TICKS = (20, 30, 50, 100, 200, 400)
+
 def plot_quality(res: dict, models: Sequence[str] | None = None):
     "FID against NFE, one panel per method, one line per model (error bars: the spread over sampling seeds where there are several)."
     import matplotlib.pyplot as plt
     methods = [m for m in METHODS if any(p['method'] == m for p in res['points'])]
     models = models or sorted({p['model'] for p in res['points']}, key=lambda m: (m != 'baseline', m != 'dinof', m))
+    colors = {m: f'C{i}' for i, m in enumerate(models)}
     fig, axs = plt.subplots(1, max(len(methods), 1), figsize=(4.2 * max(len(methods), 1), 3.4), squeeze=False, sharey=True)
     for ax, me in zip(axs[0], methods):
         for mo in models:
             c = _cells(res, mo, me)
-            if len(c) < 2: continue
+            if not c: continue
             x, y, e, _ = zip(*c)
-            ax.errorbar(x, y, yerr=e, marker='o', ms=3, capsize=3, label=mo)
+            ax.errorbar(x, y, yerr=e, marker='o', ms=3, capsize=3, label=_LABELS.get(mo, mo), color=colors[mo])
         ax.set_xscale('log'); ax.set_yscale('log'); ax.set_xlabel('NFE'); ax.set_title(f'{me} ({res.get("schedules", {}).get(me, "")})')
-        ax.grid(alpha=.3, which='both')
-    axs[0][0].set_ylabel('domain FID (fmnist)'); axs[0][-1].legend(fontsize=8)
+        ax.set_xticks(NFES, [str(f) for f in NFES]); ax.set_yticks(_FID_TICKS, [str(f) for f in _FID_TICKS])
+        ax.minorticks_off(); ax.grid(alpha=.3)
+    axs[0][0].set_ylabel('domain FID (fmnist)')
+    handles = {l: h for ax in axs[0] for h, l in zip(*ax.get_legend_handles_labels())}
+    if handles: axs[0][-1].legend(handles.values(), handles.keys(), fontsize=8)
     fig.tight_layout()
     return fig
 
