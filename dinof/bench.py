@@ -16,7 +16,7 @@ from .data import get_dataset
 from .likelihood import bits_per_dim
 from .metrics import RunningStats, feature_batches, get_extractor, kid, reference_stats
 from .sampling import SCHEDULES, hybrid_sample
-from .train import Models, Trainer, _atomic_write, _build_nets, find_checkpoint, plot_log, save_samples
+from .train import Models, Trainer, _EXPORTED, _atomic_write, _build_nets, _config_diff, find_checkpoint, plot_log, save_samples
 
 # %% auto #0
 __all__ = ['CONFIDENCE_BINS', 'PRESET', 'BASELINE', 'TM_SWEEP', 'NFES', 'METHODS', 'PC_SETTINGS', 'generate', 'domain_scores',
@@ -175,7 +175,7 @@ def export_models(models: Models, path, note: str = '', *, score_from: str | Non
     `score_from`: the name of an exported file in the same folder whose score network `models` shares (a flow trained on
     top of it): only the flow is written, and `load_exported` takes the score network from that file."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    ck = {'format': 'dinof-models-1', 'config': models.config.to_json(), 'step': models.step, 'note': note,
+    ck = {'format': _EXPORTED, 'config': models.config.to_json(), 'step': models.step, 'note': note,
           'flow': models.flow.state_dict()}
     if score_from is None: ck['score'] = models.score_model.state_dict()
     else: ck['score_from'] = Path(score_from).name
@@ -185,7 +185,7 @@ def _read_exported(path: Path) -> dict:
     if not path.is_file(): raise FileNotFoundError(f'models: no such file {str(path)!r}')
     try: ck = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e: raise ValueError(f'models: {path} is not readable ({type(e).__name__})') from None
-    if not (isinstance(ck, dict) and ck.get('format') == 'dinof-models-1'): raise ValueError(f'models: {path} is not a file of dinof.bench.export_models')
+    if not (isinstance(ck, dict) and ck.get('format') == _EXPORTED): raise ValueError(f'models: {path} is not a file of dinof.bench.export_models')
     return ck
 
 def load_exported(path, *, device=None) -> Models:
@@ -233,6 +233,16 @@ def train_model(workdir, overrides: Sequence[str] = (), *, steps: int, progress:
                                       'images_seen': trainer.step * tr.batch_size, 'overrides': list(overrides),
                                       'mode': repr(trainer).split(',')[1].strip(), 'config': cfg.to_dict()})
     return trainer.models()
+
+def _model(root: Path, name: str, overrides: Sequence[str], steps: int, *, progress: bool, device) -> tuple[Models, bool]:
+    """The study's model `name` and whether it was trained (or resumed) here, in `root/runs/name`. When that folder holds no
+    checkpoint but `root/models/name.pt` was exported from the same config after `steps` steps (a fresh clone of the
+    repository: the runs are not committed, the models are), that file is used instead of training again."""
+    wd, f = root / 'runs' / name, root / 'models' / f'{name}.pt'
+    if find_checkpoint(wd) is None and f.is_file():
+        m = load_exported(f, device=device)
+        if m.step == steps and not _config_diff(m.config.to_dict(), get_config(PRESET, *overrides).to_dict()): return m, False
+    return train_model(wd, overrides, steps=steps, progress=progress, device=device), True
 
 def _point(root: Path, name: str, models: Models, *, prior: str, method: str, nfe: int, schedule: str, n: int, seed: int,
            progress: bool, device, keep: int = 0, setting: str = 'grid', extra: dict | None = None) -> dict:
@@ -320,11 +330,11 @@ def bench_quality(root='bench/fashion_mnist', *, steps: int = 2000, flow_steps: 
     pt = lambda name, m, **kw: _point(root, name, fast(m), **{'n': n, 'seed': 0, 'progress': progress, 'device': device, **kw})
     # 1. the two models, same preset, same steps and batch
     _say(f'training baseline and DiNof ({steps} steps each) in {root}/runs')
-    base = train_model(root / 'runs' / 'baseline', (*overrides, *BASELINE), steps=steps, progress=progress, device=device)
-    dino = train_model(root / 'runs' / 'dinof', tuple(overrides), steps=steps, progress=progress, device=device)
+    base, base_new = _model(root, 'baseline', (*overrides, *BASELINE), steps, progress=progress, device=device)
+    dino, dino_new = _model(root, 'dinof', tuple(overrides), steps, progress=progress, device=device)
     models = {'baseline': (base, 'gaussian'), 'dinof': (dino, 'flow')}
-    for k, (m, _) in models.items():   # rewritten each time: the files always hold the models the study used
-        export_models(m, root / 'models' / f'{k}.pt', f'{PRESET} {" ".join((*overrides, *(BASELINE if k == "baseline" else ())))}, {steps} steps')
+    for k, (m, _), new in zip(models, models.values(), (base_new, dino_new)):   # the files always hold the models the study used
+        if new: export_models(m, root / 'models' / f'{k}.pt', f'{PRESET} {" ".join((*overrides, *(BASELINE if k == "baseline" else ())))}, {steps} steps')
     # 2. the schedule of each ODE method at NFE 20
     sched_pts = [pt(k, m, prior=p, method=me, nfe=20, schedule=s) for me in methods if me != 'pc' for s in SCHEDULES
                  for k, (m, p) in models.items()]
@@ -347,14 +357,14 @@ def bench_quality(root='bench/fashion_mnist', *, steps: int = 2000, flow_steps: 
     fits = {}
     # 7. t_m sweep: flows trained on top of the baseline's score network (its EMA weights), flow-only, `flow_steps` each
     sweep = []
-    base_ckpt = find_checkpoint(root / 'runs' / 'baseline')
+    base_ckpt = find_checkpoint(root / 'runs' / 'baseline') or root / 'models' / 'baseline.pt'
+    flow_only = lambda tm: (*overrides, f'sde.t_m={tm}', f'training.score_checkpoint={base_ckpt}', 'training.w_score=0', 'sampling.prior=flow')
     for tm in tm_sweep:
         name = f'flow_tm{tm:g}'
-        m = train_model(root / 'runs' / name, (*overrides, f'sde.t_m={tm}', f'training.score_checkpoint={base_ckpt}',
-                                                'training.w_score=0', 'sampling.prior=flow'), steps=flow_steps, progress=progress, device=device)
+        m, new = _model(root, name, flow_only(tm), flow_steps, progress=progress, device=device)
         same = all(torch.equal(a, b) for a, b in zip(m.score_model.state_dict().values(), base.score_model.state_dict().values()))
-        export_models(m, root / 'models' / f'{name}.pt', f'{PRESET} t_m {tm:g}, flow only on the baseline score network, '
-                      f'{flow_steps} steps', score_from='baseline.pt' if same else None)
+        if new: export_models(m, root / 'models' / f'{name}.pt', f'{PRESET} t_m {tm:g}, flow only on the baseline score network, '
+                              f'{flow_steps} steps', score_from='baseline.pt' if same else None)
         f = root / 'fits' / f'{name}.json'
         if not f.is_file(): _json_write(f, prior_fit(m))
         fits[name] = json.loads(f.read_text())
@@ -365,8 +375,7 @@ def bench_quality(root='bench/fashion_mnist', *, steps: int = 2000, flow_steps: 
     fits['dinof'] = json.loads(f.read_text())
     best_tm = min(sweep, key=lambda r: r['fid'])['model'] if sweep else None
     if best_tm is not None:   # the best of the sweep over the NFE grid, with the method that wins most cells of the main grid
-        m = train_model(root / 'runs' / best_tm, (*overrides, f'sde.t_m={fits[best_tm]["t_m"]}', f'training.score_checkpoint={base_ckpt}',
-                                                  'training.w_score=0', 'sampling.prior=flow'), steps=flow_steps, device=device)
+        m, _ = _model(root, best_tm, flow_only(fits[best_tm]['t_m']), flow_steps, progress=progress, device=device)
         me = _best_method(grid)
         grid += [pt(best_tm, m, prior='flow', method=me, nfe=f, schedule=best[me], seed=0) for f in nfes]
     # 8. the paper's setting: PC with N steps from T (baseline) vs N t_m / T from t_m (DiNof)

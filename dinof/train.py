@@ -149,6 +149,7 @@ def _one_line(e: BaseException) -> str:
     return s if len(s) <= 160 else s[:157] + '...'
 
 _ENTRIES = {'step': int, 'config': str, 'score': dict, 'flow': dict, 'ema_score': dict, 'ema_flow': dict}   # what sampling needs
+_EXPORTED, _EXPORTED_ENTRIES = 'dinof-models-1', {'step': int, 'config': str, 'score': dict, 'flow': dict}   # dinof.bench.export_models: EMA weights only
 _RESUME_ENTRIES = {'optimizer': dict, 'scheduler': dict, 'rng': dict, 'seconds': (int, float), 'version': str}   # and a resume
 
 def _check_entries(ck: dict, path: Path, entries: dict):
@@ -264,16 +265,19 @@ def load_score_network(cfg: Config, path=None) -> tuple[Config, nn.Module, list[
     except Exception as e:
         refused, why = describe_load_error(e)
         raise ValueError(f'training.score_checkpoint: {path} {why}' if refused else f'training.score_checkpoint: {path} is not readable ({why})') from None
-    if isinstance(ck, dict) and ck.get('format') == _FORMAT:         # one of ours
+    fmt = ck.get('format') if isinstance(ck, dict) else None
+    if fmt in (_FORMAT, _EXPORTED):                                  # one of ours: a checkpoint, or models exported by dinof.bench
+        if fmt == _EXPORTED and 'score_from' in ck:
+            fail('training.score_checkpoint', f'{path} holds only a flow; its score network is in {ck["score_from"]!r} beside it')
         try:
-            _check_entries(ck, path, _ENTRIES)
+            _check_entries(ck, path, _ENTRIES if fmt == _FORMAT else _EXPORTED_ENTRIES)
             theirs = Config.from_json(ck['config'])
         except ValueError as e: raise ValueError(f'training.score_checkpoint: {e}') from None
         if theirs.sde.type != cfg.sde.type: fail('training.score_checkpoint', f'{path} is a {theirs.sde.type} model, the config asks for {cfg.sde.type}')
         cfg, notes = _adopt_model(cfg, {'name': theirs.model.name, **theirs.model_dict()}, str(path))
         net = nets.build(cfg.model_dict())
         sm = nets.ScoreModel(net, cfg.build_sde(), cfg.training.continuous)
-        try: sm.load_state_dict(_unwrap_ema(ck['ema_score']))
+        try: sm.load_state_dict(_unwrap_ema(ck['ema_score']) if fmt == _FORMAT else ck['score'])
         except (KeyError, RuntimeError, ValueError) as e:
             raise ValueError(f'training.score_checkpoint: {path} does not fit its own config ({_one_line(e)})') from None
         return cfg, net, notes

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dinof.bench import CONFIDENCE_BINS, Stopped, quickstart
@@ -132,6 +133,42 @@ def test_the_study_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     again = bench.bench_quality(tmp_path, **kw)
     assert again['points'] == pts
     bench.plot_quality(again)
+
+
+def test_a_fresh_clone_samples_the_exported_models_instead_of_retraining(tmp_path, monkeypatch):
+    "Without a run's checkpoints, the study reads `models/NAME.pt` when it was exported from the same config and steps; else it trains."
+    from dinof import bench
+    m = bench.train_model(tmp_path / 'runs' / 'a', TINY, steps=1)
+    bench.export_models(m, tmp_path / 'models' / 'a.pt')
+    before = (tmp_path / 'models' / 'a.pt').read_bytes()
+    for f in (tmp_path / 'runs' / 'a').iterdir(): f.unlink()        # a clone: the run folder's checkpoints are not committed
+    monkeypatch.setattr(bench, 'train_model', lambda *a, **k: pytest.fail('trained again'))
+    got, new = bench._model(tmp_path, 'a', TINY, 1, progress=False, device='cpu')
+    assert not new and got.step == 1 and (tmp_path / 'models' / 'a.pt').read_bytes() == before
+    for a, b in zip(got.score_model.state_dict().values(), m.score_model.state_dict().values()): assert torch.equal(a, b)
+    # another step count or another config is another model: trained
+    calls = []
+    monkeypatch.setattr(bench, 'train_model', lambda wd, ov, *, steps, **k: calls.append((Path(wd).name, tuple(ov), steps)) or m)
+    assert bench._model(tmp_path, 'a', TINY, 2, progress=False, device='cpu') == (m, True)
+    assert bench._model(tmp_path, 'a', (*TINY, 'sde.t_m=0.5'), 1, progress=False, device='cpu') == (m, True)
+    assert [c[2] for c in calls] == [2, 1] and calls[1][1][-1] == 'sde.t_m=0.5'
+
+
+def test_an_exported_file_is_a_score_checkpoint(tmp_path):
+    "`training.score_checkpoint` takes `export_models`' files: the score network's weights bit for bit; a flow-only export is refused by name."
+    from dinof import bench
+    from dinof.config import get_config
+    from dinof.train import load_score_network
+    m = bench.train_model(tmp_path / 'runs' / 'a', TINY, steps=1)
+    bench.export_models(m, tmp_path / 'a.pt')
+    cfg, net, notes = load_score_network(get_config(bench.PRESET, *TINY), tmp_path / 'a.pt')
+    assert notes == [] and cfg.model.nf == 8
+    ref = {k[len('net.'):]: v for k, v in m.score_model.state_dict().items() if k.startswith('net.')}
+    got = net.state_dict()
+    assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
+    bench.export_models(m, tmp_path / 'f.pt', score_from='a.pt')
+    with pytest.raises(ValueError, match=r"f\.pt holds only a flow; its score network is in 'a\.pt'"):
+        load_score_network(get_config(bench.PRESET, *TINY), tmp_path / 'f.pt')
 
 
 def _signal_at(monkeypatch, step: int, sig=signal.SIGTERM):
