@@ -12,7 +12,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 export MALLOC_TOP_PAD_ ?= 536870912
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: mathjax install data quickstart bench test test-nbs test-py test-slow check-sync export clean-nbs readme run-nbs docs-check
+.PHONY: mathjax install data quickstart bench bench-report test test-nbs test-py test-slow check-sync export clean-nbs readme run-nbs docs-check
 
 $(STAMP): settings.ini setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ quickstart: $(STAMP) data
 bench: $(STAMP) data
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/dinof bench quality --root bench/fashion_mnist --compile
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/dinof bench speed --root bench/fashion_mnist
+	$(MAKE) bench-report
+
+# the front page's table, summary and figures from the study's committed cells (tools/bench_report.py)
+bench-report: $(STAMP)
+	$(BIN)/python tools/bench_report.py
 
 test: test-nbs test-py
 

@@ -21,7 +21,7 @@ from .train import Models, Trainer, _EXPORTED, _atomic_write, _build_nets, _conf
 # %% auto #0
 __all__ = ['CONFIDENCE_BINS', 'PRESET', 'BASELINE', 'TM_SWEEP', 'NFES', 'METHODS', 'PC_SETTINGS', 'generate', 'domain_scores',
            'Stopped', 'quickstart', 'export_models', 'load_exported', 'steps_for_nfe', 'train_model', 'heldout_bpd',
-           'prior_fit', 'bench_quality', 'summarize', 'plot_quality', 'bench_speed']
+           'prior_fit', 'bench_quality', 'summarize', 'plot_quality', 'results_table', 'results_summary', 'bench_speed']
 
 # %% ../nbs/12_bench.ipynb #6d0ccb1f
 def generate(models: Models, n: int, *, seed: int = 0, batch_size: int | None = None, progress: bool = False,
@@ -402,6 +402,7 @@ def summarize(root='bench/fashion_mnist', out=None) -> dict:
     runs = {d.parent.name: json.loads(d.read_text()) for d in sorted(root.glob('runs/*/run.json'))}
     for r in runs.values(): r['t_m'] = r.pop('config')['sde']['t_m']
     res = {'dinof_version': dinof.__version__, 'preset': PRESET, 'runs': runs, 'points': _load_dir(root / 'points'),
+           'speed': json.loads((root / 'speed.json').read_text()) if (root / 'speed.json').is_file() else None,
            'bpd': _load_dir(root / 'bpd'), 'fits': {f.stem: json.loads(f.read_text()) for f in sorted((root / 'fits').glob('*.json'))}
            if (root / 'fits').is_dir() else {}}
     res['schedules'] = _best_schedules([p for p in res['points'] if p['model'] in ('baseline', 'dinof') and p['nfe_target'] == 20
@@ -410,13 +411,18 @@ def summarize(root='bench/fashion_mnist', out=None) -> dict:
     return res
 
 # %% ../nbs/12_bench.ipynb #53b1484d
-def _cells(res: dict, model: str, method: str) -> list[tuple[int, float, float, int]]:
-    "`(nfe, mean FID, std over seeds, number of seeds)` of one model and method, at the study's `n`, by NFE."
+def _grid(res: dict, model: str, method: str) -> dict[int, tuple[int, float, float, int]]:
+    "`{NFE budget: (NFE used, mean FID, std over seeds, number of seeds)}` of one model and method in the grid (its chosen schedule)."
     by = {}
     for p in res['points']:
         if (p['setting'], p['model'], p['method']) == ('grid', model, method) and p['schedule'] == res['schedules'].get(method, p['schedule']):
-            by.setdefault(p['nfe'], []).append(p['fid'])
-    return [(k, float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0., len(v)) for k, v in sorted(by.items())]
+            by.setdefault(p['nfe_target'], []).append(p)
+    return {f: (ps[0]['nfe'], float(np.mean(v := [p['fid'] for p in ps])), float(np.std(v, ddof=1)) if len(v) > 1 else 0., len(v))
+            for f, ps in sorted(by.items())}
+
+def _cells(res: dict, model: str, method: str) -> list[tuple[int, float, float, int]]:
+    "`(nfe, mean FID, std over seeds, number of seeds)` of one model and method, at the study's `n`, by NFE."
+    return list(_grid(res, model, method).values())
 
 _LABELS = {'baseline': 'baseline (Gaussian at T)', 'dinof': 'DiNof (flow at t_m = 0.6)'}
 _FID_TICKS = (20, 30, 50, 100, 200, 400)
@@ -442,6 +448,57 @@ def plot_quality(res: dict, models: Sequence[str] | None = None):
     if handles: axs[0][-1].legend(handles.values(), handles.keys(), fontsize=8)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/12_bench.ipynb #7c10f1b6
+def _label(res: dict, model: str) -> str:
+    if model in _LABELS: return _LABELS[model]
+    fit = res.get('fits', {}).get(model)
+    return f"flow at t_m = {fit['t_m']:g} on the baseline's score net" if fit else model
+
+def _fmt(c: tuple) -> str:
+    _, mean, sd, k = c
+    return f'{mean:.1f}' if k == 1 else f'{mean:.1f} ± {sd:.1f}'
+
+def results_table(res: dict) -> str:
+    """The study's FID grid as a Markdown table: a row per method and model, a column per NFE budget of `NFES`; `mean ± sd`
+    where the cell was repeated over sampling seeds, — where it is not scored yet."""
+    models = sorted({p['model'] for p in res['points'] if p['setting'] == 'grid'}, key=lambda m: (m != 'baseline', m != 'dinof', m))
+    rows = ['| method | model | ' + ' | '.join(f'NFE {f}' for f in NFES) + ' |', '|---|---|' + '---:|' * len(NFES)]
+    for me in METHODS:
+        for mo in models:
+            g = _grid(res, mo, me)
+            if g: rows.append(f"| {me} ({res['schedules'].get(me, 'uniform')}) | {_label(res, mo)} | " +
+                              ' | '.join(_fmt(g[f]) if f in g else '—' for f in NFES) + ' |')
+    return '\n'.join(rows)
+
+def results_summary(res: dict) -> str:
+    """What the study's finished cells say, in Markdown: which prior has the lower FID at equal NFE and by how much (over
+    every grid cell both models have), the paper's setting, test bits/dim, speed; and what is still to come."""
+    both, out = [], []
+    for me in METHODS:
+        a, b = _grid(res, 'baseline', me), _grid(res, 'dinof', me)
+        both += [(me, f, a[f][1], b[f][1]) for f in NFES if f in a and f in b]
+    if both:
+        wins = [c for c in both if c[3] < c[2]]
+        gaps = [c[2] - c[3] for c in wins]
+        s = f'DiNof has the lower FID in {len(wins)} of the {len(both)} grid cells scored for both models'
+        if wins: s += f', by {min(gaps):.1f} to {max(gaps):.1f} FID points (median {float(np.median(gaps)):.1f})'
+        lost = [c for c in both if c[3] >= c[2]]
+        if lost: s += '; the baseline is as good or better at ' + ', '.join(f'{me} NFE {f} ({a:.1f} against {b:.1f})' for me, f, a, b in lost)
+        out.append(s + '.')
+    pp = {p['model']: p for p in res['points'] if p['setting'] == 'paper'}
+    if pp: out.append("The paper's setting (PC, N steps from T against N t_m / T from t_m): " + ', '.join(
+        f"{_label(res, k)} FID {p['fid']:.1f} at NFE {p['nfe']} (N = {p['n']})" for k, p in sorted(pp.items())) + '.')
+    if res['bpd']: out.append('Test bits/dim through the probability-flow ODE: ' + ', '.join(
+        f"{_label(res, 'dinof' if b['prior'] == 'flow' else 'baseline')} {b['bpd']:.3f} ± {b['bpd_se']:.3f} (n = {b['n']})" for b in res['bpd']) + '.')
+    sp = res.get('speed')
+    if sp and 'paper_ratio' in sp:
+        out.append(f"Wall time at the paper's setting, DiNof over the baseline: {sp['paper_ratio']:.2f} (`dinof bench speed`, batch {sp['rows'][0]['n']}).")
+    todo = 2 * len(METHODS) * len(NFES) - sum(len(_grid(res, mo, me)) for me in METHODS for mo in ('baseline', 'dinof'))
+    missing = [w for w, done in ((f'{todo} grid cells', todo == 0), ("the paper's setting", len(pp) == 2),
+                                 ('bits/dim', len(res['bpd']) >= 2), ('the speed measurement', bool(sp))) if not done]
+    if missing: out.append('Still to come: ' + ', '.join(missing) + '.')
+    return ' '.join(out)
 
 # %% ../nbs/12_bench.ipynb #e92822df
 def bench_speed(models: dict, *, n: int = 64, nfes: Sequence[int] = NFES, method: str = 'pc', repeats: int = 1,

@@ -239,3 +239,28 @@ def test_chromium_screenshot_of_the_index_shows_the_sample_grid(rendered_index, 
     assert err < 0.02, f'the sample grid is not in the screenshot (best match {err:.3f} at {(y, x)})'
     region = S[y:y + grid.shape[0], x:x + grid.shape[1]]
     assert region.std() > 0.1  # the grid itself, not a uniform patch
+
+
+# --- the front page's evidence ---------------------------------------------------------------------------------------
+
+def test_front_page_evidence_is_the_committed_results():
+    "The study's table and summary in index.ipynb (and README.md) are those `make bench-report` makes from results.json, which holds every committed cell."
+    import bench_report
+    from dinof.bench import summarize
+    bench = ROOT / 'bench' / 'fashion_mnist'
+    saved = json.loads((bench / 'results.json').read_text())
+    now = summarize(bench)
+    assert now['points'] == saved['points'] and now['bpd'] == saved['bpd'] and now['fits'] == saved['fits'], \
+        'bench/fashion_mnist/results.json is stale: run `make bench-report`'
+    want = bench_report.block(saved)
+    cell = [_src(c) for c in json.loads((NBS / 'index.ipynb').read_text())['cells'] if bench_report.START in _src(c)]
+    assert len(cell) == 1 and want in cell[0], 'nbs/index.ipynb: the study block differs from results.json: run `make bench-report`'
+    assert want in (ROOT / 'README.md').read_text()
+    assert '| pc (uniform) | baseline (Gaussian at T) |' in want and 'DiNof has the lower FID in' in want
+
+
+def test_bench_report_replaces_only_its_block():
+    import bench_report
+    text = f'before\n{bench_report.START}\nold table\n{bench_report.END}\nafter'
+    assert bench_report.replace_block(text, 'NEW') == 'before\nNEW\nafter'
+    with pytest.raises(SystemExit, match='no <!-- bench:start -->'): bench_report.replace_block('no markers', 'NEW')
