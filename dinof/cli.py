@@ -370,7 +370,7 @@ def _quickstart_args(p):
     p.add_argument('--n', type=int, default=1000, help='samples drawn and scored (default: 1000)')
     p.add_argument('--seed', type=int, default=0, help='seed of the samples (default: 0)')
     p.add_argument('--steps', type=int, default=None, help="training steps in all (training.n_iters; default: the preset's)")
-    p.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE', help='override one setting of fmnist_small (repeatable)')
+    p.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE', help='override one setting of fmnist_quick (repeatable)')
     _device_progress(p)
 
 def _writable_folder(path, option: str):
@@ -384,16 +384,16 @@ def _writable_folder(path, option: str):
     if not q.is_dir() or not os.access(q, os.W_OK | os.X_OK):
         raise ValueError(f'{option}: {path} is not a writable folder ({q} is {"not a folder" if not q.is_dir() else "not writable"})')
 
-@command('quickstart', 'Train fmnist_small on Fashion-MNIST, sample it and score the samples: samples.png/.npz, loss.png, metrics.json in --workdir.', _quickstart_args)
+@command('quickstart', 'Train fmnist_quick on Fashion-MNIST, sample it and score the samples: samples.png/.npz, loss.png, metrics.json in --workdir.', _quickstart_args)
 def _quickstart(args):
     import math
-    from dinof.bench import PRESET, Stopped, quickstart
+    from dinof.bench import QUICK_PRESET, Stopped, quickstart
     from dinof.config import get_config
     from dinof.core import get_device
     _positive('--n', args.n, 2); _positive('--steps', args.steps); _positive('--seed', args.seed, 0)
     if args.minutes is not None and not (args.minutes > 0 and math.isfinite(args.minutes)):
         raise ValueError(f'--minutes: must be a number > 0, got {args.minutes:g}')
-    try: get_config(PRESET, *args.set)
+    try: get_config(QUICK_PRESET, *args.set)
     except ValueError as e: raise ValueError(f'--set: {e}') from None
     get_device(args.device)
     _writable_folder(args.workdir, '--workdir')

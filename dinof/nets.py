@@ -297,16 +297,18 @@ class NCSNpp(nn.Module):
                  progressive='none', progressive_input='residual', progressive_combine='sum', init_scale=0.,
                  embedding_type='fourier', fourier_scale=16., conditional=True, centered=False, num_channels=3,
                  image_size=32, scale_by_sigma=True, nonlinearity='swish', conv_size=3, attention_type='ddpm',
-                 sigma_min=0.01, sigma_max=50., num_scales=1000, continuous=True):
+                 sigma_min=0.01, sigma_max=50., num_scales=1000, continuous=True, patch=1):
         super().__init__()
         def pos_int(name, v): check(name, is_int(v, 1), f'must be a positive integer, got {v!r}')
         for name, v in (('nf', nf), ('num_res_blocks', num_res_blocks), ('num_channels', num_channels),
-                        ('image_size', image_size), ('num_scales', num_scales)): pos_int(name, v)
+                        ('image_size', image_size), ('num_scales', num_scales), ('patch', patch)): pos_int(name, v)
+        check('patch', image_size % patch == 0, f'{patch} does not divide image_size {image_size}')
         check('ch_mult', len(ch_mult) >= 1 and all(isinstance(m, (int, np.integer)) and m >= 1 for m in ch_mult),
                f'must be a non-empty sequence of positive integers, got {ch_mult!r}')
         L = len(ch_mult)
-        check('image_size', image_size % 2 ** (L - 1) == 0,
-               f'{image_size} is not divisible by 2**(len(ch_mult)-1) = {2 ** (L - 1)}, the down-sampling factor of ch_mult={tuple(ch_mult)}')
+        check('image_size', image_size // patch % 2 ** (L - 1) == 0,
+               f'{image_size}' + (f' / patch {patch}' if patch > 1 else '') +
+               f' is not divisible by 2**(len(ch_mult)-1) = {2 ** (L - 1)}, the down-sampling factor of ch_mult={tuple(ch_mult)}')
         resblock_type = _choice('resblock_type', resblock_type, ('ddpm', 'biggan'))
         progressive = _choice('progressive', progressive, ('none', 'output_skip', 'residual'))
         progressive_input = _choice('progressive_input', progressive_input, ('none', 'input_skip', 'residual'))
@@ -330,11 +332,13 @@ class NCSNpp(nn.Module):
                            conditional=conditional, centered=centered, num_channels=num_channels, image_size=image_size,
                            scale_by_sigma=scale_by_sigma, nonlinearity=nonlinearity, conv_size=conv_size,
                            attention_type=attention_type, sigma_min=sigma_min, sigma_max=sigma_max,
-                           num_scales=num_scales, continuous=continuous)
+                           num_scales=num_scales, continuous=continuous, patch=patch)
         self.nf, self.num_res_blocks, self.num_resolutions = nf, num_res_blocks, L
         self.conditional, self.centered, self.scale_by_sigma, self.skip_rescale = conditional, centered, scale_by_sigma, skip_rescale
         self.embedding_type, self.resblock_type = embedding_type, resblock_type
         self.progressive, self.progressive_input, self.num_channels, self.image_size = progressive, progressive_input, num_channels, image_size
+        self.patch = patch
+        num_channels, image_size = num_channels * patch ** 2, image_size // patch   # what the U-Net itself sees
         self.act = act = _ACTS[nonlinearity]()
         # SMLD's noise levels, descending (score_sde's `get_sigmas`); the discrete VE network divides by sigmas[label]
         self.register_buffer('sigmas', torch.tensor(np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), num_scales))))
@@ -424,6 +428,7 @@ class NCSNpp(nn.Module):
             temb = timestep_embedding(labels, self.nf)
         temb = self.temb_1(act(self.temb_0(temb))) if self.conditional else None
         if not self.centered: x = 2 * x - 1.   # data in [0, 1] -> [-1, 1]
+        if self.patch > 1: x = F.pixel_unshuffle(x, self.patch)
 
         pyr = x if self.progressive_input != 'none' else None
         hs = [self.conv_in(x)]
@@ -459,6 +464,7 @@ class NCSNpp(nn.Module):
                     h = pyr
             if i != 0: h = s.upsample(h, temb) if self.resblock_type == 'biggan' else s.upsample(h)
         h = pyr if self.progressive == 'output_skip' else self.conv_out(act(self.norm_out(h)))
+        if self.patch > 1: h = F.pixel_shuffle(h, self.patch)
         if self.scale_by_sigma:
             sigma = labels if self.embedding_type == 'fourier' else self.sigmas[labels.long()]
             h = h / bcast(sigma.to(h.dtype), h)
