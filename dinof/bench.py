@@ -92,15 +92,20 @@ def _train_to(trainer: Trainer, end: int):
         raise Stopped(f"{trainer.workdir}: stopped by a signal at step {trainer.step} of {end} (checkpoint written); run the same command again to continue")
 
 def _train(trainer: Trainer, minutes: float | None) -> int:
-    "Train to `training.n_iters`, or for at most `minutes` of wall time; returns the steps taken."
-    start, left = trainer.step, trainer.cfg.training.n_iters - trainer.step
-    if left <= 0: return 0
-    if minutes is None: _train_to(trainer, start + left); return trainer.step - start
-    t0, first = time.perf_counter(), min(left, 10)
-    _train_to(trainer, start + first)
-    per_step = (time.perf_counter() - t0) / first
-    more = min(left - first, int((60 * minutes - (time.perf_counter() - t0)) / per_step))
-    if more > 0: _train_to(trainer, trainer.step + more)
+    """Train to `training.n_iters`, or for at most `minutes` of wall time; returns the steps taken. With a budget, the
+    steps run in chunks (10, then up to 100, then all that fit), each sized by the speed of the one before: the first
+    steps carry the start-up's cost, and an estimate from them alone would stop far short of the budget."""
+    start, end = trainer.step, trainer.cfg.training.n_iters
+    if start >= end: return 0
+    if minutes is None: _train_to(trainer, end); return trainer.step - start
+    t0, budget, chunk = time.perf_counter(), 60 * minutes, 10
+    while trainer.step < end:
+        t1, s1 = time.perf_counter(), trainer.step
+        _train_to(trainer, min(end, s1 + chunk))
+        per_step = (time.perf_counter() - t1) / (trainer.step - s1)
+        fit = int((budget - (time.perf_counter() - t0)) / per_step)
+        if fit <= 0: break
+        chunk = fit if chunk >= 100 else min(fit, 10 * chunk)
     return trainer.step - start
 
 # %% ../nbs/12_bench.ipynb #731afdc2

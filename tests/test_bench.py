@@ -216,3 +216,19 @@ def test_dinof_bench_quality_passes_compile_through(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(bench, 'bench_quality', fake)
     assert main(['bench', 'quality', '--root', str(tmp_path / 'b'), '--no-progress', '--steps', '3', *flag]) == 0
     assert seen['compile'] is expected and seen['steps'] == 3 and seen['progress'] is False
+
+
+def test_the_minutes_budget_is_used_although_the_first_steps_are_slow(tmp_path, monkeypatch):
+    "A slow first step (start-up) must not make the job stop far short of its budget: on a fake clock, 5 s for step 1, 0.1 s after."
+    from dinof import bench
+    from dinof.train import Trainer
+    clock = [0.]
+    monkeypatch.setattr(bench.time, 'perf_counter', lambda: clock[0])
+    real = Trainer._step
+    def step(self, s):
+        clock[0] += 5. if s == 1 else 0.1
+        return real(self, s)
+    monkeypatch.setattr(Trainer, '_step', step)
+    m = quickstart(tmp_path, steps=1000, minutes=0.5, n_samples=4, progress=False, device='cpu', overrides=TINY)
+    # the old rule (ten steps timed, then extrapolated) stopped at 50 steps, 9.9 s of the 30
+    assert 240 <= m['training']['steps'] <= 251 and clock[0] <= 30.05, (m['training']['steps'], clock[0])
