@@ -233,23 +233,28 @@ def train_model(workdir, overrides: Sequence[str] = (), *, steps: int, progress:
     cfg = get_config(PRESET, *overrides, f'training.n_iters={steps}')
     wd = Path(workdir)
     trainer = Trainer(cfg, wd, device=device, resume=wd.is_dir() and find_checkpoint(wd) is not None, progress=progress)
+    start = trainer.step
     try: _train_to(trainer, steps)
     finally:
         tr = cfg.training
-        _json_write(wd / 'run.json', {'steps': trainer.step, 'batch_size': tr.batch_size, 'seconds': round(trainer.seconds, 1),
+        if trainer.step != start or not (wd / 'run.json').is_file():   # a finished run's record stays as it was written
+            _json_write(wd / 'run.json', {'steps': trainer.step, 'batch_size': tr.batch_size, 'seconds': round(trainer.seconds, 1),
                                       'images_seen': trainer.step * tr.batch_size, 'overrides': list(overrides),
                                       'mode': repr(trainer).split(',')[1].strip(), 'config': cfg.to_dict()})
     return trainer.models()
 
 def _model(root: Path, name: str, overrides: Sequence[str], steps: int, *, progress: bool, device) -> tuple[Models, bool]:
-    """The study's model `name` and whether it was trained (or resumed) here, in `root/runs/name`. When that folder holds no
-    checkpoint but `root/models/name.pt` was exported from the same config after `steps` steps (a fresh clone of the
+    """The study's model `name`, and whether `root/models/name.pt` needs writing. Trained (or resumed) in
+    `root/runs/name`; when that folder holds no checkpoint but `root/models/name.pt` was exported from the same config after `steps` steps (a fresh clone of the
     repository: the runs are not committed, the models are), that file is used instead of training again."""
     wd, f = root / 'runs' / name, root / 'models' / f'{name}.pt'
-    if find_checkpoint(wd) is None and f.is_file():
+    def exported() -> Models | None:   # the file's models, if it holds `steps` steps of this config
+        if not f.is_file(): return None
         m = load_exported(f, device=device)
-        if m.step == steps and not _config_diff(m.config.to_dict(), get_config(PRESET, *overrides).to_dict()): return m, False
-    return train_model(wd, overrides, steps=steps, progress=progress, device=device), True
+        return m if m.step == steps and not _config_diff(m.config.to_dict(), get_config(PRESET, *overrides).to_dict()) else None
+    if find_checkpoint(wd) is None and (m := exported()) is not None: return m, False
+    m = train_model(wd, overrides, steps=steps, progress=progress, device=device)
+    return m, exported() is None    # False: the file already holds these models (not rewritten, so git sees no change)
 
 def _point(root: Path, name: str, models: Models, *, prior: str, method: str, nfe: int, schedule: str, n: int, seed: int,
            progress: bool, device, keep: int = 0, setting: str = 'grid', extra: dict | None = None) -> dict:

@@ -152,6 +152,13 @@ def test_a_fresh_clone_samples_the_exported_models_instead_of_retraining(tmp_pat
     assert bench._model(tmp_path, 'a', TINY, 2, progress=False, device='cpu') == (m, True)
     assert bench._model(tmp_path, 'a', (*TINY, 'sde.t_m=0.5'), 1, progress=False, device='cpu') == (m, True)
     assert [c[2] for c in calls] == [2, 1] and calls[1][1][-1] == 'sde.t_m=0.5'
+    # with the run's checkpoint back, a resume that trains nothing rewrites neither the exported file nor run.json
+    monkeypatch.undo()
+    bench.train_model(tmp_path / 'runs' / 'a', TINY, steps=1)
+    record = tmp_path / 'runs' / 'a' / 'run.json'
+    before = record.stat().st_mtime_ns
+    got, new = bench._model(tmp_path, 'a', TINY, 1, progress=False, device='cpu')
+    assert not new and got.step == 1 and record.stat().st_mtime_ns == before
 
 
 def test_an_exported_file_is_a_score_checkpoint(tmp_path):
