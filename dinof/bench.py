@@ -483,6 +483,11 @@ def results_table(res: dict) -> str:
                               ' | '.join(_fmt(g[f]) if f in g else '—' for f in NFES) + ' |')
     return '\n'.join(rows)
 
+def _kid(res: dict, model: str, method: str, nfe: int) -> float:
+    "Mean KID of one grid cell over its seeds."
+    return float(np.mean([p['kid'] for p in res['points'] if (p['setting'], p['model'], p['method'], p['nfe_target']) == ('grid', model, method, nfe)
+                          and p['schedule'] == res['schedules'].get(method, p['schedule'])]))
+
 def results_summary(res: dict) -> str:
     """What the study's finished cells say, in Markdown: which prior has the lower FID at equal NFE and by how much (over
     every grid cell both models have), the paper's setting, test bits/dim, speed; and what is still to come."""
@@ -497,6 +502,9 @@ def results_summary(res: dict) -> str:
         if wins: s += f', by {min(gaps):.1f} to {max(gaps):.1f} FID points (median {float(np.median(gaps)):.1f})'
         lost = [c for c in both if c[3] >= c[2]]
         if lost: s += '; the baseline is as good or better at ' + ', '.join(f'{me} NFE {f} ({a:.1f} against {b:.1f})' for me, f, a, b in lost)
+        kids = [(me, f, _kid(res, 'baseline', me, f), _kid(res, 'dinof', me, f), b < a) for me, f, a, b in both]
+        other = [(me, f, ka, kb) for me, f, ka, kb, fid_says in kids if (kb < ka) != fid_says]
+        if other: s += '; KID ranks the two the other way at ' + ', '.join(f'{me} NFE {f} (baseline {ka:.2f}, DiNof {kb:.2f})' for me, f, ka, kb in other)
         out.append(s + '.')
     pp = {p['model']: p for p in res['points'] if p['setting'] == 'paper'}
     if pp: out.append("The paper's setting (PC, N steps from T against N t_m / T from t_m): " + ', '.join(
