@@ -245,8 +245,8 @@ def train_model(workdir, overrides: Sequence[str] = (), *, steps: int, progress:
 
 def _model(root: Path, name: str, overrides: Sequence[str], steps: int, *, progress: bool, device) -> tuple[Models, bool]:
     """The study's model `name`, and whether `root/models/name.pt` needs writing. Trained (or resumed) in
-    `root/runs/name`; when that folder holds no checkpoint but `root/models/name.pt` was exported from the same config after `steps` steps (a fresh clone of the
-    repository: the runs are not committed, the models are), that file is used instead of training again."""
+    `root/runs/name`; when that folder holds no checkpoint but `root/models/name.pt` was exported from the same config
+    after `steps` steps (a fresh clone: the runs are not committed, the models are), that file is used instead."""
     wd, f = root / 'runs' / name, root / 'models' / f'{name}.pt'
     def exported() -> Models | None:   # the file's models, if it holds `steps` steps of this config
         if not f.is_file(): return None
@@ -345,7 +345,7 @@ def bench_quality(root='bench/fashion_mnist', *, steps: int = 2000, flow_steps: 
     base, base_new = _model(root, 'baseline', (*overrides, *BASELINE), steps, progress=progress, device=device)
     dino, dino_new = _model(root, 'dinof', tuple(overrides), steps, progress=progress, device=device)
     models = {'baseline': (base, 'gaussian'), 'dinof': (dino, 'flow')}
-    for k, (m, _), new in zip(models, models.values(), (base_new, dino_new)):   # the files always hold the models the study used
+    for k, m, new in (('baseline', base, base_new), ('dinof', dino, dino_new)):   # the files always hold the models the study used
         if new: export_models(m, root / 'models' / f'{k}.pt', f'{PRESET} {" ".join((*overrides, *(BASELINE if k == "baseline" else ())))}, {steps} steps')
     # 2. the schedule of each ODE method at NFE 20
     sched_pts = [pt(k, m, prior=p, method=me, nfe=20, schedule=s) for me in methods if me != 'pc' for s in SCHEDULES
@@ -423,20 +423,30 @@ def summarize(root='bench/fashion_mnist', out=None) -> dict:
     return res
 
 # %% ../nbs/12_bench.ipynb #53b1484d
-def _grid(res: dict, model: str, method: str) -> dict[int, tuple[int, float, float, int]]:
-    "`{NFE budget: (NFE used, mean FID, std over seeds, number of seeds)}` of one model and method in the grid (its chosen schedule)."
+def _grid_points(res: dict, model: str, method: str) -> dict[int, list[dict]]:
+    "`{NFE budget: its cells (one per seed)}` of one model and method in the grid, with the method's chosen schedule."
     by = {}
     for p in res['points']:
         if (p['setting'], p['model'], p['method']) == ('grid', model, method) and p['schedule'] == res['schedules'].get(method, p['schedule']):
             by.setdefault(p['nfe_target'], []).append(p)
+    return dict(sorted(by.items()))
+
+def _grid(res: dict, model: str, method: str) -> dict[int, tuple[int, float, float, int]]:
+    "`{NFE budget: (NFE used, mean FID, std over seeds, number of seeds)}` of one model and method in the grid."
     return {f: (ps[0]['nfe'], float(np.mean(v := [p['fid'] for p in ps])), float(np.std(v, ddof=1)) if len(v) > 1 else 0., len(v))
-            for f, ps in sorted(by.items())}
+            for f, ps in _grid_points(res, model, method).items()}
 
 def _cells(res: dict, model: str, method: str) -> list[tuple[int, float, float, int]]:
     "`(nfe, mean FID, std over seeds, number of seeds)` of one model and method, at the study's `n`, by NFE."
     return list(_grid(res, model, method).values())
 
 _LABELS = {'baseline': 'baseline (Gaussian at T)', 'dinof': 'DiNof (flow at t_m = 0.6)'}
+
+def _label(res: dict, model: str) -> str:
+    if model in _LABELS: return _LABELS[model]
+    fit = res.get('fits', {}).get(model)
+    return f"flow at t_m = {fit['t_m']:g} on the baseline's score net" if fit else model
+
 _FID_TICKS = (20, 30, 50, 100, 200, 400)
 
 def plot_quality(res: dict, models: Sequence[str] | None = None):
@@ -445,28 +455,24 @@ def plot_quality(res: dict, models: Sequence[str] | None = None):
     methods = [m for m in METHODS if any(p['method'] == m for p in res['points'])]
     models = models or sorted({p['model'] for p in res['points']}, key=lambda m: (m != 'baseline', m != 'dinof', m))
     colors = {m: f'C{i}' for i, m in enumerate(models)}
-    fig, axs = plt.subplots(1, max(len(methods), 1), figsize=(4.2 * max(len(methods), 1), 3.4), squeeze=False, sharey=True)
+    rows = -(-len(models) // 3)   # legend rows under the panels, where it hides no point
+    fig, axs = plt.subplots(1, max(len(methods), 1), figsize=(4.2 * max(len(methods), 1), 3.4 + 0.25 * rows), squeeze=False, sharey=True)
     for ax, me in zip(axs[0], methods):
         for mo in models:
             c = _cells(res, mo, me)
             if not c: continue
             x, y, e, _ = zip(*c)
-            ax.errorbar(x, y, yerr=e, marker='o', ms=3, capsize=3, label=_LABELS.get(mo, mo), color=colors[mo])
+            ax.errorbar(x, y, yerr=e, marker='o', ms=3, capsize=3, label=_label(res, mo), color=colors[mo])
         ax.set_xscale('log'); ax.set_yscale('log'); ax.set_xlabel('NFE'); ax.set_title(f'{me} ({res.get("schedules", {}).get(me, "")})')
         ax.set_xticks(NFES, [str(f) for f in NFES]); ax.set_yticks(_FID_TICKS, [str(f) for f in _FID_TICKS])
         ax.minorticks_off(); ax.grid(alpha=.3)
     axs[0][0].set_ylabel('domain FID (fmnist)')
     handles = {l: h for ax in axs[0] for h, l in zip(*ax.get_legend_handles_labels())}
-    if handles: axs[0][-1].legend(handles.values(), handles.keys(), fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08 * rows, 1, 1))
+    if handles: fig.legend(handles.values(), handles.keys(), fontsize=8, ncol=3, loc='lower center', frameon=False)
     return fig
 
 # %% ../nbs/12_bench.ipynb #7c10f1b6
-def _label(res: dict, model: str) -> str:
-    if model in _LABELS: return _LABELS[model]
-    fit = res.get('fits', {}).get(model)
-    return f"flow at t_m = {fit['t_m']:g} on the baseline's score net" if fit else model
-
 def _fmt(c: tuple) -> str:
     _, mean, sd, k = c
     return f'{mean:.1f}' if k == 1 else f'{mean:.1f} ± {sd:.1f}'
@@ -485,8 +491,7 @@ def results_table(res: dict) -> str:
 
 def _kid(res: dict, model: str, method: str, nfe: int) -> float:
     "Mean KID of one grid cell over its seeds."
-    return float(np.mean([p['kid'] for p in res['points'] if (p['setting'], p['model'], p['method'], p['nfe_target']) == ('grid', model, method, nfe)
-                          and p['schedule'] == res['schedules'].get(method, p['schedule'])]))
+    return float(np.mean([p['kid'] for p in _grid_points(res, model, method)[nfe]]))
 
 def results_summary(res: dict) -> str:
     """What the study's finished cells say, in Markdown: which prior has the lower FID at equal NFE and by how much (over

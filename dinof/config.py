@@ -322,7 +322,6 @@ class Config:
         out = {f.name: getattr(m, f.name) for f in dataclasses.fields(ModelConfig) if f.name not in ('hidden', 'depth', 'embed_dim')}
         for k, (sec, key) in _INHERITED.items():
             if out[k] is None: out[k] = getattr(getattr(r, sec), key)
-        if out['patch'] == 1: del out['patch']    # score_sde's network exactly: its own option set
         return out
 
     def flow_dict(self) -> dict:

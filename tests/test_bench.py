@@ -173,6 +173,11 @@ def test_an_exported_file_is_a_score_checkpoint(tmp_path):
     ref = {k[len('net.'):]: v for k, v in m.score_model.state_dict().items() if k.startswith('net.')}
     got = net.state_dict()
     assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
+    # a patched network's file into an unpatched config: the file's network is adopted, `patch` included
+    q = bench.train_model(tmp_path / 'runs' / 'q', (*TINY, 'model.patch=2'), steps=1)
+    bench.export_models(q, tmp_path / 'q.pt')
+    cfg, net, notes = load_score_network(get_config(bench.PRESET, *TINY), tmp_path / 'q.pt')
+    assert (cfg.model.patch, net.patch) == (2, 2) and 'model.patch: 1 -> 2' in notes, notes
     bench.export_models(m, tmp_path / 'f.pt', score_from='a.pt')
     with pytest.raises(ValueError, match=r"f\.pt holds only a flow; its score network is in 'a\.pt'"):
         load_score_network(get_config(bench.PRESET, *TINY), tmp_path / 'f.pt')
