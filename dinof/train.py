@@ -218,9 +218,14 @@ def _flat(d: dict, prefix: str = '') -> dict:
         else: out[f'{prefix}{k}'] = v
     return out
 
+def _completed(saved: dict) -> dict:
+    "A saved config dict with the settings added to `Config` since it was written at their defaults (as is if it does not load)."
+    try: return Config.from_dict(saved, validate=False).to_dict()
+    except (ValueError, TypeError): return saved
+
 def _config_diff(saved: dict, now: dict, free=RESUME_FREE) -> list[str]:
     "`'field (saved -> now)'` for every field that differs between two config dicts, leaving out those in `free`."
-    a, b = _flat(saved), _flat(now)
+    a, b = _flat(_completed(saved)), _flat(now)
     skip = lambda k: any(k == f or k.startswith(f + '.') for f in free)
     return [f'{k} ({a.get(k, "absent")!r} -> {b.get(k, "absent")!r})' for k in sorted(set(a) | set(b))
             if not skip(k) and a.get(k, '<absent>') != b.get(k, '<absent>')]
