@@ -257,14 +257,15 @@ def _model(root: Path, name: str, overrides: Sequence[str], steps: int, *, progr
     return m, exported() is None    # False: the file already holds these models (not rewritten, so git sees no change)
 
 def _point(root: Path, name: str, models: Models, *, prior: str, method: str, nfe: int, schedule: str, n: int, seed: int,
-           progress: bool, device, keep: int = 0, setting: str = 'grid', extra: dict | None = None) -> dict:
+           progress: bool, device, keep: int = 0, setting: str = 'grid', extra: dict | None = None, batch_size: int | None = None) -> dict:
     "One cell of the grid, read from its JSON file when it exists, else sampled, scored and written."
     f = root / 'points' / name / f'{setting}-{method}-{schedule}-nfe{nfe}-n{n}-seed{seed}.json'
     if f.is_file(): return json.loads(f.read_text())
     extra = extra or {}
     steps, _ = steps_for_nfe(models, prior, method, nfe, schedule, **extra)
     t0 = time.perf_counter()
-    images, used = generate(models, n, seed=seed, progress=progress, prior=prior, method=method, steps=steps, schedule=schedule, **extra)
+    images, used = generate(models, n, seed=seed, batch_size=batch_size, progress=progress, prior=prior, method=method, steps=steps,
+                            schedule=schedule, **extra)
     secs = time.perf_counter() - t0
     d = domain_scores(images, device=device)
     rec = {'setting': setting, 'model': name, 'prior': prior, 't_m': models.t_m if prior == 'flow' else models.sde.T, 'method': method,
@@ -272,7 +273,8 @@ def _point(root: Path, name: str, models: Models, *, prior: str, method: str, nf
            'fid': d['fid'], 'kid': d['kid'], 'kid_std': d['kid_std'], 'extractor': d['extractor'],
            'extractor_hash': d['extractor_hash'], 'reference': d['reference'], 'mean_confidence': d['mean_confidence'],
            'sampling_seconds': round(secs, 2), 'images_per_s': round(n / secs, 2), 'training_step': models.step,
-           'compiled': hasattr(models.score_model, '_orig_mod'), 'sampler_settings': extra}
+           'compiled': hasattr(models.score_model, '_orig_mod'), 'sampler_settings': extra,
+           'device': next(models.score_model.parameters()).device.type}
     if keep: np.savez_compressed(f.with_suffix('.npz'), samples=images[:keep, 0].numpy())
     _json_write(f, rec)
     _say(f'{name:12s} {method:5s} {schedule:8s} NFE {used:4d}  FID {rec["fid"]:7.2f}  KID {rec["kid"]:.4f}  ({secs:.0f} s)')
@@ -289,7 +291,7 @@ def _test_images(models: Models, n: int, seed: int) -> tuple[torch.Tensor, float
 def heldout_bpd(models: Models, prior: str, n: int = 200, *, seed: int = 0, batch_size: int = 50, **kwargs) -> dict:
     "Bits/dim of `n` test images through the probability-flow ODE to `prior` (the flow at `t_m`, or the Gaussian at `T`); `kwargs` go to `bits_per_dim`."
     x, offset = _test_images(models, n, seed)
-    p = models.prior(prior)
+    x, p = x.to(next(models.score_model.parameters()).device), models.prior(prior)
     b = torch.cat([bits_per_dim(x[i:i + batch_size], p, models.sde, models.score_model, offset=offset, seed=seed, first=i, **kwargs)
                    for i in range(0, n, batch_size)]).double()
     return {'bpd': float(b.mean()), 'bpd_se': float(b.std() / n ** .5), 'n': n, 'seed': seed, 'prior': prior, 't_m': p.t_m}
@@ -330,16 +332,18 @@ def _best_method(points: list[dict]) -> str:
 def bench_quality(root='bench/fashion_mnist', *, steps: int = 2000, flow_steps: int = 600, n: int = 2000, n_paper: int = 1000,
                   nfes: Sequence[int] = NFES, methods: Sequence[str] = METHODS, tm_sweep: Sequence[float] = TM_SWEEP,
                   extra_seeds: Sequence[int] = (1, 2), n_bpd: int = 200, paper: bool = True, n_pc: int = 1000, overrides: Sequence[str] = (),
-                  progress: bool = False, device=None, compile: bool = False) -> dict:
+                  progress: bool = False, device=None, compile: bool = False, batch_size: int | None = None) -> dict:
     """The Fashion-MNIST study (see the notebook): train the baseline and DiNof with the same budget, then every cell of the
     grid, the schedules, seeds, bits/dim, the t_m sweep and the paper's setting, each cached under `root` as it finishes.
-    `compile=True` samples through `torch.compile`d score networks (same numbers to float rounding, ~1.4x faster on a CPU)."""
+    `compile=True` samples through `torch.compile`d score networks (same numbers to float rounding, ~1.4x faster on a CPU);
+    `batch_size`: samples drawn at once (default: the preset's `sampling.batch_size`); the samples do not depend on it."""
     check('steps', is_int(steps, 1), f'must be an integer >= 1, got {steps!r}')
     check('n', is_int(n, 2), f'must be an integer >= 2, got {n!r}')
     root = Path(root); root.mkdir(parents=True, exist_ok=True)
     compiled = {}   # one compiled wrapper per model, reused by every cell
     fast = (lambda m: compiled[id(m)] if id(m) in compiled else compiled.setdefault(id(m), _compiled(m))) if compile else (lambda m: m)
-    pt = lambda name, m, **kw: _point(root, name, fast(m), **{'n': n, 'seed': 0, 'progress': progress, 'device': device, **kw})
+    pt = lambda name, m, **kw: _point(root, name, fast(m), **{'n': n, 'seed': 0, 'progress': progress, 'device': device,
+                                                               'batch_size': batch_size, **kw})
     # 1. the two models, same preset, same steps and batch
     _say(f'training baseline and DiNof ({steps} steps each) in {root}/runs')
     base, base_new = _model(root, 'baseline', (*overrides, *BASELINE), steps, progress=progress, device=device)

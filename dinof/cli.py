@@ -411,6 +411,8 @@ def _bench_args(p):
     p.add_argument('--n', type=int, default=None, help='samples per cell (quality; default 2000) or per timing (speed; default 64)')
     p.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE', help='override one setting of fmnist_small for both models (quality)')
     p.add_argument('--compile', action='store_true', help='sample through torch.compile (quality; ~1.4x faster on a CPU, needs a C compiler)')
+    p.add_argument('--batch-size', type=int, default=None,
+                   help="samples drawn at once (quality; default: the preset's sampling.batch_size; the samples do not depend on it)")
     _device_progress(p)
 
 @command('bench', 'The Fashion-MNIST study: DiNof against the Gaussian prior at equal NFE (quality), or the samplers\' speed (speed).', _bench_args)
@@ -422,6 +424,7 @@ def _bench(args):
     from dinof.core import get_device
     _positive('--steps', args.steps)
     if args.n is not None: _positive('--n', args.n, 2)
+    if args.batch_size is not None: _positive('--batch-size', args.batch_size)
     try: get_config(PRESET, *args.set)
     except ValueError as e: raise ValueError(f'--set: {e}') from None
     get_device(args.device)
@@ -429,7 +432,7 @@ def _bench(args):
     root = Path(args.root)
     if args.what == 'quality':
         try: res = bench_quality(root, steps=args.steps, n=args.n or 2000, overrides=tuple(args.set), progress=not args.no_progress,
-                                 device=args.device, compile=args.compile)
+                                 device=args.device, compile=args.compile, batch_size=args.batch_size)
         except Stopped as e:
             print(f'dinof: {e}', file=sys.stderr); return 0
         print(f'{len(res["points"])} cells in {root / "results.json"}, plot {root / "fid_vs_nfe.png"}')

@@ -218,8 +218,8 @@ def test_dinof_quickstart_and_bench_stop_on_a_signal_with_one_line(tmp_path, mon
     assert not (tmp_path / 'b' / 'models').exists() and not (tmp_path / 'b' / 'runs' / 'dinof').exists()   # the study ended there
 
 
-@pytest.mark.parametrize('flag,expected', [((), False), (('--compile',), True)])
-def test_dinof_bench_quality_passes_compile_through(tmp_path, monkeypatch, capsys, flag, expected):
+@pytest.mark.parametrize('flag,expected,bs', [((), False, None), (('--compile',), True, None), (('--batch-size', '500'), False, 500)])
+def test_dinof_bench_quality_passes_compile_through(tmp_path, monkeypatch, capsys, flag, expected, bs):
     from dinof import bench
     from dinof.cli import main
     seen = {}
@@ -227,7 +227,27 @@ def test_dinof_bench_quality_passes_compile_through(tmp_path, monkeypatch, capsy
         seen.update(kw); return {'points': []}
     monkeypatch.setattr(bench, 'bench_quality', fake)
     assert main(['bench', 'quality', '--root', str(tmp_path / 'b'), '--no-progress', '--steps', '3', *flag]) == 0
-    assert seen['compile'] is expected and seen['steps'] == 3 and seen['progress'] is False
+    assert seen['compile'] is expected and seen['steps'] == 3 and seen['progress'] is False and seen['batch_size'] == bs
+
+
+def test_dinof_bench_quality_refuses_a_batch_size_below_one(tmp_path, capsys):
+    from dinof.cli import main
+    assert main(['bench', 'quality', '--root', str(tmp_path / 'b'), '--batch-size', '0']) == 2
+    err = capsys.readouterr().err
+    assert '--batch-size: must be >= 1' in err and err.count('\n') == 1, err
+    assert not (tmp_path / 'b').exists() or not any((tmp_path / 'b').iterdir())
+
+
+def test_the_samples_do_not_depend_on_the_batch_size(tmp_path):
+    "Why the study may draw its samples in batches of any size (`--batch-size`, e.g. large on a GPU): per-sample noise."
+    from dinof.bench import generate
+    m = quickstart(tmp_path / 'qs', steps=1, n_samples=2, progress=False, device='cpu', overrides=TINY)   # a trained tiny model
+    from dinof.train import load_models, find_checkpoint
+    models = load_models(find_checkpoint(tmp_path / 'qs'), device='cpu')
+    a, nfe = generate(models, 7, seed=3, batch_size=7, prior='flow', method='pc', steps=3)
+    b, _ = generate(models, 7, seed=3, batch_size=3, prior='flow', method='pc', steps=3)
+    assert nfe > 0 and a.dtype == torch.uint8 and (a.int() - b.int()).abs().max() <= 1
+    assert (a == b).float().mean() > 0.99
 
 
 def test_the_minutes_budget_is_used_although_the_first_steps_are_slow(tmp_path, monkeypatch):
