@@ -294,7 +294,8 @@ def heldout_bpd(models: Models, prior: str, n: int = 200, *, seed: int = 0, batc
     x, p = x.to(next(models.score_model.parameters()).device), models.prior(prior)
     b = torch.cat([bits_per_dim(x[i:i + batch_size], p, models.sde, models.score_model, offset=offset, seed=seed, first=i, **kwargs)
                    for i in range(0, n, batch_size)]).double()
-    return {'bpd': float(b.mean()), 'bpd_se': float(b.std() / n ** .5), 'n': n, 'seed': seed, 'prior': prior, 't_m': p.t_m}
+    return {'bpd': float(b.mean()), 'bpd_se': float(b.std() / n ** .5), 'n': n, 'seed': seed, 'prior': prior, 't_m': p.t_m,
+            'device': x.device.type}
 
 def prior_fit(models: Models, n: int = 1000, *, seed: int = 0) -> dict:
     """How well the flow models the marginal at its `t_m`: bits/dim of held-out `x(t_m)` (test images pushed forward by the
@@ -516,10 +517,21 @@ def results_summary(res: dict) -> str:
         if other: s += '; KID ranks the two the other way at ' + ', '.join(f'{me} NFE {f} (baseline {ka:.2f}, DiNof {kb:.2f})' for me, f, ka, kb in other)
         out.append(s + '.')
     pp = {p['model']: p for p in res['points'] if p['setting'] == 'paper'}
-    if pp: out.append("The paper's setting (PC, N steps from T against N t_m / T from t_m): " + ', '.join(
+    if len(pp) == 2:
+        w, l = sorted(pp.values(), key=lambda p: p['fid'])
+        kid = '' if (w['kid'] < l['kid']) else f"; KID ranks them the other way ({w['kid']:.2f} against {l['kid']:.2f})"
+        out.append(f"At the paper's setting (PC, N steps from T against N t_m / T from t_m) {'the baseline' if w['model'] == 'baseline' else 'DiNof'} "
+                   f"has the lower FID: {w['fid']:.1f} at NFE {w['nfe']} against {l['fid']:.1f} at NFE {l['nfe']} (N = {w['n']}){kid}.")
+    elif pp: out.append("The paper's setting (PC, N steps from T against N t_m / T from t_m): " + ', '.join(
         f"{_label(res, k)} FID {p['fid']:.1f} at NFE {p['nfe']} (N = {p['n']})" for k, p in sorted(pp.items())) + '.')
-    if res['bpd']: out.append('Test bits/dim through the probability-flow ODE: ' + ', '.join(
-        f"{_label(res, 'dinof' if b['prior'] == 'flow' else 'baseline')} {b['bpd']:.3f} ± {b['bpd_se']:.3f} (n = {b['n']})" for b in res['bpd']) + '.')
+    if res['bpd']:
+        s = 'Test bits/dim through the probability-flow ODE: ' + ', '.join(
+            f"{_label(res, 'dinof' if b['prior'] == 'flow' else 'baseline')} {b['bpd']:.3f} ± {b['bpd_se']:.3f} (n = {b['n']})" for b in res['bpd'])
+        if len(res['bpd']) == 2:
+            a, b = res['bpd']
+            s += (' (a difference within one standard error of the difference, unpaired)' if abs(a['bpd'] - b['bpd']) < (a['bpd_se'] ** 2 + b['bpd_se'] ** 2) ** .5
+                  else '')
+        out.append(s + '.')
     sp = res.get('speed')
     if sp and 'paper_ratio' in sp:
         out.append(f"Wall time at the paper's setting, DiNof over the baseline: {sp['paper_ratio']:.2f} (`dinof bench speed`, batch {sp['rows'][0]['n']}).")
