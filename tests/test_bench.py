@@ -241,8 +241,8 @@ def test_dinof_bench_quality_refuses_a_batch_size_below_one(tmp_path, capsys):
 def test_the_samples_do_not_depend_on_the_batch_size(tmp_path):
     "Why the study may draw its samples in batches of any size (`--batch-size`, e.g. large on a GPU): per-sample noise."
     from dinof.bench import generate
-    m = quickstart(tmp_path / 'qs', steps=1, n_samples=2, progress=False, device='cpu', overrides=TINY)   # a trained tiny model
     from dinof.train import load_models, find_checkpoint
+    quickstart(tmp_path / 'qs', steps=1, n_samples=2, progress=False, device='cpu', overrides=TINY)   # a trained tiny model
     models = load_models(find_checkpoint(tmp_path / 'qs'), device='cpu')
     a, nfe = generate(models, 7, seed=3, batch_size=7, prior='flow', method='pc', steps=3)
     b, _ = generate(models, 7, seed=3, batch_size=3, prior='flow', method='pc', steps=3)

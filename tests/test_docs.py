@@ -259,6 +259,30 @@ def test_front_page_evidence_is_the_committed_results():
     assert '| pc (uniform) | baseline (Gaussian at T) |' in want and 'DiNof has the lower FID in' in want
 
 
+def test_the_hand_written_conclusion_quotes_the_stored_results():
+    "The README's 'What the study says' and 'How much of 53.7 is luck' figures are typed by hand: each must match the committed JSON."
+    bench = ROOT / 'bench' / 'fashion_mnist'
+    readme = (ROOT / 'README.md').read_text()
+    para = readme[readme.index('**What the study says.**'):readme.index('**Where the gain comes from.**')]
+    para = ' '.join(para.split())
+    pts = json.loads((bench / 'results.json').read_text())['points']
+    paper = {p['model']: p for p in pts if p['setting'] == 'paper'}
+    oracle = {(r['model'], r['steps']): r['fid'] for r in json.loads((bench / 'oracle_prior.json').read_text())}
+    fits = json.loads((bench / 'fits' / 'dinof.json').read_text())
+    speed = json.loads((bench / 'speed.json').read_text())
+    quoted = [f"FID is {paper['baseline']['fid']:.1f} and DiNof's {paper['dinof']['fid']:.1f}",
+              f"(KID {paper['baseline']['kid']:.2f} against {paper['dinof']['kid']:.2f})",
+              f"give DiNof {oracle['dinof', 600]:.1f} and the baseline {oracle['baseline', 600]:.1f}",
+              f"{oracle['dinof', 200]:.1f} and {oracle['baseline', 200]:.1f}",
+              f"only {fits['gaussian_bpd'] - fits['flow_bpd']:.3f} bits/dim better",
+              f"takes {speed['paper_ratio']:.2f} of the wall time"]
+    for q in quoted: assert q in para, (q, para)
+    sweep = {r['name']: r['fid'] for r in json.loads((ROOT / 'bench' / 'quickstart' / 'sweep.json').read_text())['rows']}
+    seeds = [sweep[k] for k in ('base', 'seed1', 'seed2', 'seed3', 'seed4')]
+    import statistics
+    assert f'scores {statistics.mean(seeds):.1f} ± {statistics.stdev(seeds):.1f} ({min(seeds):.1f} to {max(seeds):.1f};' in ' '.join(readme.split())
+
+
 def test_bench_report_replaces_only_its_block():
     import bench_report
     text = f'before\n{bench_report.START}\nold table\n{bench_report.END}\nafter'
