@@ -14,7 +14,8 @@ from .core import randn, log_prob_to_bpd, bpd_offset, uniform_dequantize, fail, 
 
 # %% auto #0
 __all__ = ['PRESETS', 'std_normal_logp', 'ActNorm', 'InvConv1x1', 'Coupling', 'Squeeze', 'Gaussian', 'Split', 'GlowStep', 'Glow',
-           'from_normflows', 'Reverse', 'CouplingFlow', 'preset', 'build', 'count_params']
+           'from_normflows', 'Reverse', 'CouplingFlow', 'AffineGaussian', 'WhitenedFlow', 'preset', 'build',
+           'count_params']
 
 # %% ../nbs/02_flow.ipynb #b1634aad
 _LOG2PI = math.log(2 * math.pi)
@@ -433,6 +434,110 @@ class CouplingFlow(_Flow):
         for layer in reversed(self.layers): z = layer.decode(z)
         return z
 
+# %% ../nbs/02_flow.ipynb #5282a61b
+class AffineGaussian(_Flow):
+    """A fixed Gaussian $\\mathcal N(m, C)$ as a flow: $x = m + Bz$ with $BB^\\top = C$, $z \\sim \\mathcal N(0, I)$. `rank=None`:
+    $B$ is the Cholesky factor of a full $C$; `rank=k`: $C = \\mathrm{diag}(a) + WW^\\top$ with $k$ columns in $W$ (0: diagonal),
+    and $B = \\mathrm{diag}(\\sqrt a)\\,(I + Q\\,\\mathrm{diag}(g - 1)\\,Q^\\top)$ from the thin SVD $\\mathrm{diag}(a)^{-1/2}W = QSR^\\top$,
+    $g = \\sqrt{1 + S^2}$, so that $\\log|\\det B| = \\tfrac12\\sum\\log a + \\sum \\log g$ and $B^{-1}$ is as cheap as $B$.
+    The statistics are float64 buffers (set with `set_moments`; saved with the `state_dict`); inputs of any float dtype."""
+    def __init__(self, in_shape: Sequence[int], rank: int | None = None):
+        super().__init__()
+        if not (isinstance(in_shape, (tuple, list)) and in_shape and all(is_int(s, 1) for s in in_shape)):
+            fail('in_shape', f'must be positive integers, got {in_shape!r}')
+        if rank is not None and not is_int(rank, 0): fail('rank', f'must be None (full covariance) or an integer >= 0, got {rank!r}')
+        D = math.prod(in_shape)
+        if rank is not None and rank > D: fail('rank', f'must be at most the dimension {D}, got {rank}')
+        self.in_shape, self.latent_dim, self.rank = tuple(in_shape), D, rank
+        f64 = dict(dtype=torch.float64)
+        self.register_buffer('mean', torch.zeros(D, **f64))
+        if rank is None: self.register_buffer('chol', torch.eye(D, **f64))
+        else:
+            self.register_buffer('scale', torch.ones(D, **f64))
+            self.register_buffer('basis', torch.zeros(D, rank, **f64)); self.register_buffer('gain', torch.ones(rank, **f64))
+        self.register_buffer('initialized', torch.tensor(False))
+
+    @torch.no_grad()
+    def set_moments(self, mean: torch.Tensor, cov: torch.Tensor | None = None, *, diag: torch.Tensor | None = None,
+                    factor: torch.Tensor | None = None):
+        "Set $m$ and $C$: `cov` `[D, D]` (full), or `diag` `[D]` and `factor` `[D, k]` ($C = \\mathrm{diag} + \\mathrm{factor}\\,\\mathrm{factor}^\\top$); returns `self`."
+        D, dev = self.latent_dim, self.mean.device
+        mean = mean.detach().to(dev, torch.float64).flatten()
+        if mean.numel() != D: fail('mean', f'expected {D} entries, got {mean.numel()}')
+        if self.rank is None:
+            if cov is None: cov = torch.diag(diag.to(dev, torch.float64)) + _outer(factor)
+            cov = cov.detach().to(dev, torch.float64)
+            if cov.shape != (D, D): fail('cov', f'expected shape [{D}, {D}], got {list(cov.shape)}')
+            L, info = torch.linalg.cholesky_ex(cov)
+            if info: fail('cov', 'is not positive definite')
+            self.chol.copy_(L)
+        else:
+            if cov is not None: fail('cov', f'a rank-{self.rank} AffineGaussian takes diag and factor, not a full covariance')
+            a = diag.detach().to(dev, torch.float64).flatten()
+            W = torch.zeros(D, 0, dtype=torch.float64, device=dev) if factor is None else factor.detach().to(dev, torch.float64)
+            if a.numel() != D or not bool((a > 0).all()): fail('diag', f'must hold {D} positive variances')
+            if W.shape != (D, self.rank): fail('factor', f'expected shape [{D}, {self.rank}], got {list(W.shape)}')
+            self.scale.copy_(a.sqrt())
+            if self.rank:
+                Q, S, _ = torch.linalg.svd(W / self.scale[:, None], full_matrices=False)
+                self.basis.copy_(Q); self.gain.copy_((1 + S ** 2).sqrt())
+        self.mean.copy_(mean); self.initialized.fill_(True)
+        return self
+
+    def _logdet(self) -> torch.Tensor:
+        if self.rank is None: return self.chol.diagonal().log().sum()
+        return self.scale.log().sum() + self.gain.log().sum()
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        "`x` `[B, *in_shape]` -> $z = B^{-1}(x - m)$ `[B, D]` (in `x`'s dtype) and $\\log|\\det B^{-1}|$ `[B]`."
+        self._check_x(x)
+        y = x.flatten(1).to(torch.float64) - self.mean
+        if self.rank is None: z = torch.linalg.solve_triangular(self.chol, y.T, upper=False).T
+        else:
+            y = y / self.scale
+            z = y + ((y @ self.basis) * (1 / self.gain - 1)) @ self.basis.T
+        return z.to(x.dtype), (-self._logdet()).to(x.dtype).expand(x.shape[0])
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        "$x = m + Bz$, shaped `[B, *in_shape]`, in `z`'s dtype."
+        self._check_z(z)
+        zd = z.to(torch.float64)
+        if self.rank is None: x = zd @ self.chol.T
+        else: x = (zd + ((zd @ self.basis) * (self.gain - 1)) @ self.basis.T) * self.scale
+        return (x + self.mean).to(z.dtype).view(-1, *self.in_shape)
+
+    def covariance(self) -> torch.Tensor:
+        "$C = BB^\\top$ `[D, D]` (float64)."
+        if self.rank is None: return self.chol @ self.chol.T
+        B = (torch.eye(self.latent_dim, dtype=torch.float64, device=self.mean.device)
+             + self.basis * (self.gain - 1) @ self.basis.T) * self.scale[:, None]
+        return B @ B.T
+
+def _outer(W): return W @ W.T
+
+class WhitenedFlow(_Flow):
+    """`flow` on a Gaussian base: the inner flow models the whitened residual $u = B^{-1}(x - m)$ of `base` (an
+    `AffineGaussian`), $\\log p(x) = \\log p_{flow}(u) - \\log|\\det B|$. With the inner flow at the identity this is `base`."""
+    def __init__(self, flow: nn.Module, base: AffineGaussian):
+        super().__init__()
+        if tuple(getattr(flow, 'in_shape', ())) != base.in_shape: fail('flow', f'its in_shape {getattr(flow, "in_shape", None)} is not the base\'s {base.in_shape}')
+        self.flow, self.base = flow, base
+        self.in_shape, self.latent_dim = base.in_shape, base.latent_dim
+
+    @property
+    def config(self): return {**getattr(self.flow, 'config', {}), 'base': 'moments', 'base_rank': self.base.rank}
+
+    def encode(self, x):
+        "`x` -> the inner flow's latent of $u = B^{-1}(x - m)$, and the two log-determinants summed."
+        u, ld0 = self.base.encode(x)
+        z, ld1 = self.flow.encode(u.view(-1, *self.in_shape))
+        return z, ld0 + ld1
+
+    def decode(self, z):
+        "The inverse: $x = m + B\\,\\mathrm{decode}_{flow}(z)$."
+        return self.base.decode(self.flow.decode(z).flatten(1))
+
+
 # %% ../nbs/02_flow.ipynb #acea16a0
 _PRESETS = {
     'glow_cifar10':      dict(name='glow', in_shape=(3, 32, 32), levels=3, depth=16, hidden=256, coupling='affine', split_prior='learned'),
@@ -450,15 +555,19 @@ def preset(name: str) -> dict:
     return dict(_PRESETS[name])
 
 def build(name_or_dict: str | dict) -> nn.Module:
-    "A flow from a preset name or a dict `{'name': 'glow' | 'coupling', **constructor kwargs}`."
+    """A flow from a preset name or a dict `{'name': 'glow' | 'coupling', **constructor kwargs}`; `base='moments'` (with
+    `base_rank`, None: full covariance) wraps it as `WhitenedFlow(flow, AffineGaussian(in_shape, base_rank))`."""
     cfg = preset(name_or_dict) if isinstance(name_or_dict, str) else dict(name_or_dict)
     if 'type' in cfg and 'name' not in cfg: fail('name', "missing: flow dicts are keyed on 'name' ('glow' or 'coupling'), no longer 'type'")
     kind = cfg.pop('name', None)
     if kind not in _FLOWS: fail('name', f"must be 'glow' or 'coupling', got {kind!r}")
+    if kind == 'glow' and 'in_shape' in cfg: cfg['in_shape'] = tuple(cfg['in_shape'])   # JSON gives lists
+    base, rank = cfg.pop('base', 'standard'), cfg.pop('base_rank', None)
+    if base not in ('standard', 'moments'): fail('base', f"must be 'standard' (N(0, I)) or 'moments' (a moment-matched Gaussian), got {base!r}")
     known = set(inspect.signature(_FLOWS[kind]).parameters)
     if set(cfg) - known: fail('name_or_dict', f'unknown {kind} flow arguments {sorted(set(cfg) - known)}; known: {sorted(known)}')
-    if kind == 'glow' and 'in_shape' in cfg: cfg['in_shape'] = tuple(cfg['in_shape'])   # JSON gives lists
-    return _FLOWS[kind](**cfg)
+    flow = _FLOWS[kind](**cfg)
+    return flow if base == 'standard' else WhitenedFlow(flow, AffineGaussian(flow.in_shape, rank))
 
 def count_params(flow: nn.Module, effective: bool = False) -> int:
     "Number of parameters; `effective=True` leaves out the masked-out halves of the full LU matrices ($C(C+1)$ per 1x1 conv)."
