@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_train.ipynb #89fe68ee
 from __future__ import annotations
-import copy, datetime, errno, json, math, os, random, signal, sys, threading, time
+import copy, datetime, errno, itertools, json, math, os, random, signal, sys, threading, time
 from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +13,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 import dinof
 from . import flow as flows, nets
 from .config import Config, get_config
 from .core import PerSampleGenerator, Progress, check, describe_load_error, fail, get_device, log_prob_to_bpd, scale_data, uniform_dequantize
-from .data import Loader, Toy2D, forever, get_dataset
+from .data import Loader, Toy2D, _Failed, _Guarded, _collate, forever, get_dataset
 from .losses import DiNofLoss, flow_input, flow_time
 from .sampling import FlowPrior, GaussianPrior, SampleResult, hybrid_sample
 
@@ -299,6 +300,45 @@ def load_score_network(cfg: Config, path=None) -> tuple[Config, nn.Module, list[
     net = nets.load_score_sde_checkpoint(path, cfg.model_dict(), use_ema=True)
     return cfg, net.train(), notes
 
+# %% ../nbs/10_train.ipynb #16a18be6
+class _RankBatches:
+    """This rank's rows of every global batch of `dataset` (images `[C, H, W]`): epoch `e` reads the permutation
+    `randperm(n)` seeded by `seed + e` in global batches of `batch_size`, rank `r` of `world` the contiguous rows
+    `[r b, (r+1) b)` of each (`b = batch_size / world`), horizontally flipped (`random_flip`) by one stream per epoch over the
+    global rows. `len`, `set_epoch` and iteration as `dinof.data.Loader`; `batches(epoch, start)` begins at batch `start`."""
+    def __init__(self, dataset, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1, num_workers: int = 0,
+                 pin_memory: bool = False, random_flip: bool | None = None):
+        check('batch_size', batch_size % world == 0, f'{batch_size} cannot be split evenly over {world} processes')
+        check('batch_size', batch_size <= len(dataset), f'{batch_size} exceeds the dataset size {len(dataset)}')
+        self.dataset, self.batch_size, self.seed, self.rank, self.world = dataset, batch_size, int(seed), rank, world
+        self.local_batch_size = b = batch_size // world
+        self.rows = slice(rank * b, (rank + 1) * b)
+        self.num_workers, self.pin_memory, self.epoch = num_workers, pin_memory, 0
+        self.random_flip = getattr(dataset, 'random_flip', False) if random_flip is None else bool(random_flip)
+
+    def __len__(self): return len(self.dataset) // self.batch_size
+    def set_epoch(self, epoch: int): self.epoch = int(epoch)
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        yield from self.batches(epoch)
+
+    def batches(self, epoch: int, start: int = 0):
+        "The batches of `epoch` from batch `start` on (this rank's rows)."
+        n, B = len(self), self.batch_size
+        perm = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + epoch))
+        idx = perm[:n * B].view(n, B)[start:, self.rows]
+        if self.random_flip:   # the draws of dinof.data.Loader for one process: `_mix(seed, epoch, 0, 1)`, B per batch
+            g = torch.Generator().manual_seed(_mix(self.seed, epoch, 0, 1))
+            flips = (torch.rand(n * B, generator=g) < 0.5).view(n, B)[start:, self.rows]
+        guarded = self.num_workers > 0   # a worker's error comes back as a value, raised here with its own message
+        loader = DataLoader(_Guarded(self.dataset) if guarded else self.dataset, batch_sampler=idx.tolist(),
+                            num_workers=self.num_workers, pin_memory=self.pin_memory, **({'collate_fn': _collate} if guarded else {}))
+        for j, x in enumerate(loader):
+            if isinstance(x, _Failed): raise x.error
+            if self.random_flip: x = torch.where(flips[j].view(-1, *[1] * (x.dim() - 1)), x.flip(-1), x)
+            yield x
+
 # %% ../nbs/10_train.ipynb #66e5f63d
 def _init_distributed(device, timeout: float) -> tuple[int, int, torch.device, bool]:
     "`(rank, world_size, device, created)`: joins the process group torchrun describes (NCCL on GPUs, gloo on the CPU)."
@@ -438,8 +478,8 @@ class Trainer:
         if not self.train_flow: self.flow.requires_grad_(False)
         # data
         self.data = get_dataset(split='train', **cfg.dataset_kwargs())
-        self.loader = None if isinstance(self.data, Toy2D) else Loader(
-            self.data, tr.batch_size, seed=tr.seed, num_workers=tr.num_workers, rank=self.rank, world_size=self.world,
+        self.loader = None if isinstance(self.data, Toy2D) else _RankBatches(
+            self.data, tr.batch_size, seed=tr.seed, rank=self.rank, world=self.world, num_workers=tr.num_workers,
             pin_memory=self.device.type == 'cuda')
         if ck is None and self.train_flow: self._init_actnorm()
         # EMA, optimizer, warm-up
@@ -587,10 +627,10 @@ class Trainer:
         "The image batches from the step after `self.step` on: the loader at epoch `step // len`, position `step % len`."
         if self.loader is None: return None
         epoch, pos = divmod(self.step, len(self.loader))
-        self.loader.set_epoch(epoch)
-        it = forever(self.loader)
-        for _ in range(pos): next(it)
-        return it
+        def batches():
+            yield from self.loader.batches(epoch, pos)          # the rest of this epoch, the skipped batches unread
+            for e in itertools.count(epoch + 1): yield from self.loader.batches(e)
+        return batches()
 
     def _step(self, step: int) -> dict:
         tr = self.cfg.training

@@ -141,6 +141,50 @@ def test_two_process_gloo_ddp_matches_one_process(tmp_path):
     np.testing.assert_allclose([r['flow_nll'] for r in la], [r['flow_nll'] for r in lb], rtol=1e-4)
     np.testing.assert_allclose([r['score_loss'] for r in la], [r['score_loss'] for r in lb], rtol=1e-4)
 
+DDP_IMAGES = textwrap.dedent('''
+    import sys, json, torch
+    torch.set_num_threads(1)
+    from dinof.config import get_config
+    from dinof.train import Trainer
+    t = Trainer(get_config('fmnist_quick', *json.loads(sys.argv[2])), sys.argv[1], progress=False, dist_timeout=60)
+    assert (t.world, t.local_batch) == (2, 4), (t.world, t.local_batch)
+    t.train(); t.close()
+''')
+
+def _fashion_mnist(root: Path, n: int = 24, seed: int = 0):
+    "`n` random 28x28 training images (and 4 test images) as Fashion-MNIST's uncompressed IDX files under `root/FashionMNIST/raw`."
+    folder = root / 'FashionMNIST' / 'raw'; folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for prefix, k in (('train', n), ('t10k', 4)):
+        x = rng.integers(0, 256, (k, 28, 28), dtype=np.uint8)
+        (folder / f'{prefix}-images-idx3-ubyte').write_bytes(bytes([0, 0, 8, 3]) + np.array([k, 28, 28], '>i4').tobytes() + x.tobytes())
+        (folder / f'{prefix}-labels-idx1-ubyte').write_bytes(bytes([0, 0, 8, 1]) + np.array([k], '>i4').tobytes() + bytes(k))
+
+def test_two_process_gloo_ddp_matches_one_process_on_images(tmp_path):
+    """2 gloo ranks on an image preset (fmnist_quick's networks, Fashion-MNIST's on-disk format, flips on, 24 images in
+    batches of 8: 5 steps cross an epoch) end with the one-process parameters. Tolerance: each process sums its gradients in
+    another order and DDP averages two partial sums, so gradients agree to float32 rounding (~1e-7 relative); Adam's
+    steps (lr 2e-3, no warm-up) turn that into parameter gaps of 7e-7 (measured), against 1.8e-2 when rows meet other
+    noise and flips (the interleaving loader this replaced). atol 1e-5 leaves 10x room for other CPUs' kernels, and
+    is still 1,000x below a wrong pairing. Dropout is off (its masks are per rank)."""
+    _fashion_mnist(tmp_path / 'data')
+    over = [f'data.root={tmp_path / "data"}', 'data.random_flip=true', 'training.batch_size=8', 'training.n_iters=5',
+            'training.log_freq=1', 'training.snapshot_freq=100', 'optim.warmup=0', 'model.dropout=0']
+    script = tmp_path / 'ddp.py'; script.write_text(DDP_IMAGES)
+    torchrun = Path(sysconfig.get_path('scripts')) / 'torchrun'
+    r = subprocess.run([str(torchrun), '--standalone', '--nproc_per_node=2', str(script), str(tmp_path / 'ddp'), json.dumps(over)],
+                       capture_output=True, text=True, env={**ENV, 'DINOF_DATA': str(tmp_path / 'cache')}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    torch.set_num_threads(1)
+    Trainer(get_config('fmnist_quick', *over), tmp_path / 'one', progress=False).train()
+    a, b = load_checkpoint(tmp_path / 'one' / 'ckpt_00000005.pt'), load_checkpoint(tmp_path / 'ddp' / 'ckpt_00000005.pt')
+    gap = max((a[k][n].float() - b[k][n].float()).abs().max().item() for k in ('score', 'flow') for n in a[k] if a[k][n].is_floating_point())
+    print(f'largest parameter gap {gap:.3g}')
+    assert_same_state(a, b, exact=False, atol=1e-5)
+    la, lb = records(tmp_path / 'one'), records(tmp_path / 'ddp')
+    np.testing.assert_allclose([r['flow_nll'] for r in la], [r['flow_nll'] for r in lb], rtol=1e-5)
+    np.testing.assert_allclose([r['score_loss'] for r in la], [r['score_loss'] for r in lb], rtol=1e-5)
+
 def test_sigterm_writes_a_loadable_checkpoint_and_exits_0(tmp_path):
     script = tmp_path / 'run.py'; script.write_text(RUN)
     wd = tmp_path / 'run'
