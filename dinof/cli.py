@@ -4,11 +4,11 @@
 
 # %% ../nbs/11_cli.ipynb #80a7a5da
 from __future__ import annotations
-import argparse, sys
+import argparse, re, sys
 import dinof
 
 # %% auto #0
-__all__ = ['COMMANDS', 'command', 'build_parser', 'main']
+__all__ = ['COMMANDS', 'PRIORS', 'command', 'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #21bae7cd
 COMMANDS: dict[str, tuple[str, callable, callable]] = {}   # name -> (help, add_arguments(parser), run(args) -> int)
@@ -20,9 +20,33 @@ def command(name: str, help: str, add_arguments=lambda p: None):
         return run
     return deco
 
+_KEY_VALUE = re.compile(r'[A-Za-z_][\w.]*=')   # a `section.key=value` token: never an option, a positional or a bare path
+
+def _split_sets(argv: list[str]) -> list[str]:
+    """`--set a.b=1 c.d=2` as `--set a.b=1 --set c.d=2`: after a `--set` and its value, every following token of the form
+    `section.key=value` is one more `--set`; the first other token (an option, a positional such as `bench`'s `quality`)
+    ends the list. Idempotent; nothing after `--` is touched."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == '--': return out + argv[i:]
+        out.append(a); i += 1
+        if a == '--set' and i < len(argv): out.append(argv[i]); i += 1   # its own value, whatever it is (checked later)
+        if a == '--set' or a.startswith('--set='):
+            while i < len(argv) and _KEY_VALUE.match(argv[i]): out += ['--set', argv[i]]; i += 1
+    return out
+
+def _set_arg(p, what: str = 'settings'):
+    "The `--set` option: one or several `section.key=value` after each `--set`, and `--set` repeatable."
+    p.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE',
+                   help=f'override {what}: --set a.b=1 c.d=2, or --set a.b=1 --set c.d=2')
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):   # argparse's own usage errors: one line, exit 2
         self.exit(2, f'dinof: error: {message}\n')
+
+    def parse_known_args(self, args=None, namespace=None):
+        return super().parse_known_args(_split_sets(list(sys.argv[1:] if args is None else args)), namespace)
 
 def build_parser() -> argparse.ArgumentParser:
     "The `dinof` argument parser with every registered subcommand."
@@ -166,7 +190,7 @@ def _train_args(p):
     g.add_argument('--preset', help='a dinof.config preset, e.g. toy2d, fmnist_small, vp_cifar10_ddpmpp_continuous')
     g.add_argument('--config', help='a JSON config file (dinof.config.Config.to_json)')
     p.add_argument('--workdir', default=None, help='folder of the run: checkpoints, log.jsonl, previews (default: runs/NAME)')
-    p.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE', help='override one setting (repeatable)')
+    _set_arg(p, 'settings of the config')
     p.add_argument('--resume', action='store_true', help="continue the workdir's run from its latest checkpoint (start one if there is none)")
     p.add_argument('--steps', type=int, default=None, help='train this many more steps (default: up to training.n_iters)')
     p.add_argument('--dist-timeout', type=float, default=None, metavar='SECONDS',
@@ -199,9 +223,13 @@ def _train(args):
     if t.rank == 0: print(f'step {t.step}: {t.last_checkpoint}')
     return 0
 
+PRIORS = {'flow': 'the flow at t_m (DiNof)', 'gaussian': 'the Gaussian at T'}   # --prior: a name Models.prior knows -> its help
+
 def _sampling_args(p):
-    p.add_argument('--checkpoint', required=True, help='a training checkpoint (ckpt_*.pt), or a run folder for its latest')
-    p.add_argument('--prior', choices=('flow', 'gaussian'), default=None, help="the flow at t_m (DiNof) or the Gaussian at T (default: the config's)")
+    p.add_argument('--checkpoint', required=True,
+                   help='a training checkpoint (ckpt_*.pt), a run folder for its latest, or an exported models file (e.g. bench/fashion_mnist/models/dinof.pt)')
+    p.add_argument('--prior', choices=tuple(PRIORS), default=None,
+                   help=', '.join(f'{k}: {v}' for k, v in PRIORS.items()) + " (default: the config's)")
     p.add_argument('--method', default=None, help="pc, euler, heun, rk45, dpm1, dpm2 or dpm3 (default: the config's)")
     p.add_argument('--steps', type=int, default=None, help="sampling steps (default: the config's)")
     p.add_argument('--n', type=int, default=None, help='number of samples')
@@ -214,7 +242,7 @@ def _load(args):
     "The checked sampling arguments and the checkpoint's `Models`."
     from pathlib import Path
     from dinof.sampling import METHODS
-    from dinof.train import find_checkpoint, load_models
+    from dinof.train import find_checkpoint
     _positive('--n', args.n); _positive('--steps', args.steps); _positive('--batch-size', args.batch_size); _positive('--seed', args.seed, 0)
     if args.method is not None and args.method not in METHODS: raise ValueError(f'--method: {args.method!r} is not a method; methods: {", ".join(METHODS)}')
     path = Path(args.checkpoint)
@@ -223,11 +251,27 @@ def _load(args):
         if found is None: raise ValueError(f'--checkpoint: {path} holds no checkpoint (ckpt_*.pt)')
         path = found
     elif not path.is_file(): raise ValueError(f'--checkpoint: no such file or folder {str(path)!r}')
-    m = load_models(path, device=args.device, ema=not args.no_ema)
+    m = _read_models(path, args.device, ema=not args.no_ema)
     method = args.method or m.config.sampling.method
     if method not in ('pc', 'rk45') and (args.steps or m.config.sampling.steps) is None:
         raise ValueError(f'--steps: method {method} needs a number of steps')
     return m
+
+def _is_exported(path) -> bool:
+    "Whether `path` is a file of `dinof.bench.export_models` (what `bench/*/models/` ships), not a training checkpoint."
+    import torch
+    from dinof.train import _EXPORTED
+    try: ck = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception: return False          # not readable as one: load_models says what is wrong with the file
+    return isinstance(ck, dict) and ck.get('format') == _EXPORTED
+
+def _read_models(path, device, ema: bool = True):
+    "The `Models` of a training checkpoint, or of an exported models file (EMA weights only, so no `--no-ema`)."
+    from dinof.train import load_models
+    if not _is_exported(path): return load_models(path, device=device, ema=ema)
+    if not ema: raise ValueError(f'--no-ema: {path} is an exported models file, which holds only the EMA weights')
+    from dinof.bench import load_exported
+    return load_exported(path, device=device)
 
 def _generate(m, args, n: int):
     "`(samples, network evaluations per sample)` of `n` samples, batch by batch (one in memory), on the CPU; sample i's noise depends on (seed, i) only."
@@ -370,7 +414,7 @@ def _quickstart_args(p):
     p.add_argument('--n', type=int, default=1000, help='samples drawn and scored (default: 1000)')
     p.add_argument('--seed', type=int, default=0, help='seed of the samples (default: 0)')
     p.add_argument('--steps', type=int, default=None, help="training steps in all (training.n_iters; default: the preset's)")
-    p.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE', help='override one setting of fmnist_quick (repeatable)')
+    _set_arg(p, 'settings of fmnist_quick')
     _device_progress(p)
 
 def _writable_folder(path, option: str):
@@ -409,7 +453,7 @@ def _bench_args(p):
     p.add_argument('--root', default='bench/fashion_mnist', help='folder of the study (default: bench/fashion_mnist)')
     p.add_argument('--steps', type=int, default=2000, help='training steps of each model (quality; default: 2000)')
     p.add_argument('--n', type=int, default=None, help='samples per cell (quality; default 2000) or per timing (speed; default 64)')
-    p.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE', help='override one setting of fmnist_small for both models (quality)')
+    _set_arg(p, 'settings of fmnist_small for both models (quality)')
     p.add_argument('--compile', action='store_true', help='sample through torch.compile (quality; ~1.4x faster on a CPU, needs a C compiler)')
     p.add_argument('--batch-size', type=int, default=None,
                    help="samples drawn at once (quality; default: the preset's sampling.batch_size; the samples do not depend on it)")

@@ -124,3 +124,65 @@ def test_quickstart_bad_arguments_are_one_line_exit_2(tmp_path, capsys, args, st
 def test_quickstart_bad_argument_in_a_real_process(tmp_path):
     one_line_error(dinof('quickstart', '--workdir', tmp_path / 'qs', '--steps', '0'), '--steps: must be >= 1, got 0')
     assert not (tmp_path / 'qs').exists()
+
+# `--set`: several `section.key=value` after one `--set`, `--set` repeated, or both (issue 21 item 11)
+def test_set_takes_several_values_and_repeats(tmp_path, capsys):
+    from dinof.cli import build_parser, main
+    from dinof.train import find_checkpoint, load_checkpoint
+    p = build_parser()
+    test = p.parse_args(['train', '--preset', 'toy2d', '--set', 'a.b=1', 'c.d=[1,2]', '--set', 'e.f=2', '--steps', '3'])
+    assert (test.set, test.steps) == (['a.b=1', 'c.d=[1,2]', 'e.f=2'], 3)
+    a = p.parse_args(['bench', '--set', 'model.nf=8', 'flow.depth=1', 'quality'])     # the positional after the list stays one
+    assert (a.what, a.set) == ('quality', ['model.nf=8', 'flow.depth=1'])
+    a = p.parse_args(['quickstart', '--set', 'model.nf=8', 'flow.depth=1', '--n', '5'])
+    assert (a.set, a.n) == (['model.nf=8', 'flow.depth=1'], 5)
+    # the settings reach the run: two after one --set, one more after another
+    wd = tmp_path / 'run'
+    assert main(['train', '--preset', 'toy2d', '--no-progress', '--workdir', str(wd), '--set', 'training.n_iters=3', 'training.batch_size=8',
+                 '--set', 'training.log_freq=1']) == 0
+    ck = load_checkpoint(find_checkpoint(wd))
+    cfg = json.loads(ck['config'])
+    assert (ck['step'], cfg['training']['batch_size'], cfg['training']['log_freq']) == (3, 8, 1)
+
+@pytest.mark.parametrize('args, starts', [
+    (['train', *TOY, '--set', 'training.log_freq=5', 'training.batch_size=zero'], '--set: training.batch_size: must be an integer'),
+    (['train', *TOY, '--set', 'training.log_freq=5', 'stray'], 'unrecognized arguments: stray'),
+    (['bench', '--set', 'model.nf=8', 'model.nf=x', 'quality'], '--set: model.nf: '),
+    (['bench', '--set', 'model.nf=8', 'fast'], "argument what: invalid choice: 'fast'"),
+])
+def test_several_values_after_one_set_bad_input(args, starts):
+    "A bad value among several after one `--set` is one line naming it, status 2, no traceback (the console script)."
+    one_line_error(dinof(*args), starts)
+
+# the trained models the repository ships (files of dinof.bench.export_models) sample and score (issue 21 item 12)
+SHIPPED = Path(__file__).resolve().parents[1] / 'bench' / 'fashion_mnist' / 'models'
+
+def test_sample_the_shipped_models(tmp_path):
+    from dinof.bench import load_exported
+    fast = ['--n', '3', '--method', 'euler', '--steps', '2', '--no-progress', '--device', 'cpu']
+    r = dinof('sample', '--checkpoint', SHIPPED / 'dinof.pt', *fast, '--out', tmp_path / 's.npz')
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = load_exported(SHIPPED / 'dinof.pt', device='cpu')
+    assert r.stdout.startswith(f'wrote 3 samples to {tmp_path}/s.npz: step {m.step}, flow prior, euler, ')
+    from dinof.core import to_uint8
+    with np.load(tmp_path / 's.npz') as z: s = z['samples']
+    want = to_uint8(m.sample(3, 'flow', seed=0, method='euler', steps=2).samples, m.config.resolved().data.centered).numpy()
+    assert s.shape == want.shape and np.abs(s.astype(int) - want).max() <= 1       # the exported EMA weights, up to rounding
+    # the baseline (Gaussian prior at T, its config's) and a flow-only file (its score network from dinof.pt beside it), in-process
+    from dinof.cli import main
+    for f in ('baseline.pt', 'flow_tm0.4.pt'):
+        assert main(['sample', '--checkpoint', str(SHIPPED / f), *fast, '--out', str(tmp_path / f'{f}.png')]) == 0
+        assert (tmp_path / f'{f}.png').stat().st_size > 500
+
+def test_eval_the_shipped_model(capsys):
+    "`eval` reads the exported file too (IS: no reference data needed, so it runs anywhere)."
+    from dinof.cli import main
+    assert main(['eval', '--checkpoint', str(SHIPPED / 'dinof.pt'), '--metric', 'is', '--n', '4', '--method', 'euler', '--steps', '2',
+                 '--no-progress', '--device', 'cpu']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('IS ') and 'N=4, flow prior' in out and 'extractor fmnist' in out, out
+
+def test_no_ema_on_an_exported_file_is_one_line(tmp_path):
+    one_line_error(dinof('sample', '--checkpoint', SHIPPED / 'dinof.pt', '--no-ema', '--out', tmp_path / 's.png'),
+                   f'--no-ema: {SHIPPED}/dinof.pt is an exported models file, which holds only the EMA weights')
+    assert not (tmp_path / 's.png').exists()
