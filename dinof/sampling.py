@@ -4,20 +4,23 @@
 
 # %% ../nbs/06_sampling.ipynb #73dbf53b
 from __future__ import annotations
-import math, re
+import dataclasses, hashlib, math, os, re, warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
 import torch
 from scipy.integrate import RK45
+from .flow import AffineGaussian
 from .core import PerSampleGenerator, Progress, bcast, is_int, randn
 from .sde import SDE, VPSDE, SubVPSDE, VESDE
 
 # %% auto #0
-__all__ = ['PREDICTORS', 'CORRECTORS', 'SCHEDULES', 'METHODS', 'DEFAULT_SCHEDULES', 'GaussianPrior', 'FlowPrior', 'pf_drift',
-           'euler_maruyama', 'reverse_diffusion', 'ancestral_sampling', 'langevin', 'ald', 'pc_sample', 'euler_sample',
-           'heun_sample', 'log_snr', 'time_of_log_snr', 'time_steps', 'dpm_solver_step', 'dpm_sample', 'rk45_sample',
-           'SampleResult', 'sample_seeds', 'hybrid_sample']
+__all__ = ['PREDICTORS', 'CORRECTORS', 'SCHEDULES', 'METHODS', 'DEFAULT_SCHEDULES', 'GaussianPrior', 'FlowPrior', 'Moments',
+           'data_moments', 'MomentPrior', 'moments_cache_dir', 'dataset_moments', 'pf_drift', 'euler_maruyama',
+           'reverse_diffusion', 'ancestral_sampling', 'langevin', 'ald', 'pc_sample', 'euler_sample', 'heun_sample',
+           'log_snr', 'time_of_log_snr', 'time_steps', 'dpm_solver_step', 'dpm_sample', 'rk45_sample', 'SampleResult',
+           'sample_seeds', 'hybrid_sample']
 
 # %% ../nbs/06_sampling.ipynb #fe23ac5a
 def _module_place(obj):
@@ -72,6 +75,152 @@ class FlowPrior:
         return self.flow.log_prob(x)
 
     def __repr__(self): return f'FlowPrior({type(self.flow).__name__}, t_m={self.t_m}, temperature={self.temperature})'
+
+# %% ../nbs/06_sampling.ipynb #878ae3de
+@dataclass
+class Moments:
+    """The first two moments of data $x(0)$ (model space), all float64: `mean` `[D]`, and either the full covariance
+    `cov` `[D, D]` (`rank=None`) or its top-`rank` principal directions `eigvecs` `[D, k]`, `eigvals` `[k]` plus the
+    `resid` variance `[D]` they leave on the diagonal ($\\Sigma \\approx U\\Lambda U^\\top + \\mathrm{diag}(r)$, exact on the diagonal)."""
+    mean: torch.Tensor
+    shape: tuple
+    n: int
+    cov: torch.Tensor | None = None
+    eigvecs: torch.Tensor | None = None
+    eigvals: torch.Tensor | None = None
+    resid: torch.Tensor | None = None
+
+    @property
+    def rank(self) -> int | None: return None if self.cov is not None else self.eigvals.numel()
+
+    def at(self, alpha: float, sigma: float) -> dict:
+        "`AffineGaussian.set_moments` arguments for $x(t) = \\alpha x(0) + \\sigma z$: mean $\\alpha\\mu$, covariance $\\alpha^2\\Sigma + \\sigma^2 I$."
+        if self.cov is not None:
+            return dict(mean=alpha * self.mean, cov=alpha ** 2 * self.cov + sigma ** 2 * torch.eye(self.mean.numel(), dtype=torch.float64))
+        return dict(mean=alpha * self.mean, diag=alpha ** 2 * self.resid + sigma ** 2, factor=alpha * self.eigvecs * self.eigvals.sqrt())
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None} | {'shape': list(self.shape)}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> 'Moments': return cls(**{**d, 'shape': tuple(d['shape']), 'n': int(d['n'])})
+
+def _passes(data, batch_size: int):
+    "A function that starts one pass over `data` (a tensor `[N, ...]`, or a function returning an iterable of batches)."
+    if isinstance(data, torch.Tensor): return lambda: (data[i:i + batch_size] for i in range(0, len(data), batch_size))
+    if callable(data): return data
+    raise ValueError(f'data: expected a tensor [N, C, H, W] or a function returning batches, got {type(data).__name__}')
+
+def data_moments(data, rank: int | None = None, *, batch_size: int = 1000, iters: int = 4, oversample: int = 10,
+                 seed: int = 0, progress: bool = False) -> Moments:
+    """Mean and covariance of `data` (a tensor `[N, ...]`, or a function returning an iterable of batches, called once
+    per pass), in float64, normalised by $N$ (the moments of the empirical law). `rank=None`: the full covariance (one
+    pass, $D^2$ memory); `rank=k`: the top `k` principal directions by randomized subspace iteration (Halko et al. 2011,
+    Alg. 4.4: `iters` passes with `k + oversample` columns, then Rayleigh–Ritz) plus the exact diagonal, $O(Dk)$ memory."""
+    passes = _passes(data, batch_size)
+    if rank is not None and not is_int(rank, 0): raise ValueError(f'rank: must be None (full) or an integer >= 0, got {rank!r}')
+    n, shift, s1, s2, shape = 0, None, None, None, None
+    for xb in Progress(passes(), progress, what='moments: batch'):
+        x = xb.detach().flatten(1).to(torch.float64)
+        if shift is None:
+            shape, shift = tuple(xb.shape[1:]), x.mean(0)   # shifted sums: no cancellation when the mean is large
+            s1 = torch.zeros_like(shift); s2 = torch.zeros(len(shift), len(shift)) if rank is None else torch.zeros_like(shift)
+            s2 = s2.to(torch.float64)
+        y = x - shift
+        n, s1 = n + len(x), s1 + y.sum(0)
+        s2 += y.T @ y if rank is None else (y * y).sum(0)
+    if not n: raise ValueError('data: no samples')
+    d = s1 / n
+    mean = shift + d
+    if rank is None: return Moments(mean, shape, n, cov=s2 / n - torch.outer(d, d))
+    var, D = (s2 / n - d * d).clamp_min(0), len(mean)
+    if rank > D: raise ValueError(f'rank: must be at most the dimension {D}, got {rank}')
+    if rank == 0: return Moments(mean, shape, n, eigvecs=torch.zeros(D, 0, dtype=torch.float64), eigvals=torch.zeros(0, dtype=torch.float64), resid=var)
+    Q = torch.linalg.qr(torch.randn(D, min(rank + oversample, D), generator=torch.Generator().manual_seed(seed), dtype=torch.float64))[0]
+    for it in range(max(1, iters)):
+        Y = torch.zeros_like(Q)
+        for xb in passes():
+            y = xb.detach().flatten(1).to(torch.float64) - mean
+            Y += y.T @ (y @ Q)
+        Y /= n
+        if it < max(1, iters) - 1: Q = torch.linalg.qr(Y)[0]
+    lam, V = torch.linalg.eigh((Q.T @ Y + Y.T @ Q) / 2)           # Rayleigh–Ritz on span(Q): Q^T Sigma Q
+    lam, U = lam.flip(0)[:rank].clamp_min(0), (Q @ V.flip(1))[:, :rank]
+    return Moments(mean, shape, n, eigvecs=U, eigvals=lam, resid=(var - (U * U * lam).sum(1)).clamp_min(0))
+
+class MomentPrior:
+    """The Gaussian with the first two moments of $x(t_m)$: $\\mathcal N(\\alpha\\mu,\\ \\alpha^2\\Sigma + \\sigma^2 I)$, with
+    $\\mu, \\Sigma$ the data's mean and covariance and $\\alpha, \\sigma$ the SDE's marginal coefficients at $t_m$ (VE, VP,
+    sub-VP alike). Exact when the data are Gaussian; otherwise the closed-form baseline a learned prior must beat."""
+    def __init__(self, moments: Moments, sde: SDE, t_m: float):
+        t_m = float(t_m)
+        if not sde.eps < t_m <= sde.T: raise ValueError(f't_m: must be in (eps, T] = ({sde.eps:g}, {sde.T:g}], got {t_m!r}')
+        a, s = (float(v) for v in sde.marginal_coeffs(torch.tensor([t_m], dtype=torch.float64)))
+        self.moments, self.sde, self.t_m, self.shape = moments, sde, t_m, tuple(moments.shape)
+        self.gauss = AffineGaussian(self.shape, moments.rank).set_moments(**moments.at(a, s))
+
+    @classmethod
+    def from_data(cls, x0: torch.Tensor, sde: SDE, t_m: float, *, rank: int | None = None, **kwargs) -> 'MomentPrior':
+        "From images `x0` `[N, C, H, W]` in model space (`kwargs` go to `data_moments`)."
+        return cls(data_moments(x0, rank, **kwargs), sde, t_m)
+
+    def to(self, device) -> 'MomentPrior':
+        "Keep the statistics on `device` (they are float64: not on devices without float64, such as MPS)."
+        self.gauss.to(device); return self
+
+    def sample(self, n: int, *, generator=None, shape=None, device=None, dtype=None) -> torch.Tensor:
+        "`n` draws $\\alpha\\mu + Bz$ (`shape` is ignored: the statistics fix it), float32 unless `dtype` says otherwise."
+        dev = self.gauss.mean.device
+        z = randn((n, self.gauss.latent_dim), generator=generator, device=dev, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+        return self.gauss.decode(z.to(torch.float64)).to(device=device or dev, dtype=dtype or torch.float32)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        "Log-density of each `x(t_m)` in the batch, computed in float64: `[B]` float64."
+        z, ld = self.gauss.encode(x.to(self.gauss.mean.device, torch.float64))
+        return -0.5 * z.pow(2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi) + ld
+
+    def __repr__(self): return f'MomentPrior(t_m={self.t_m}, rank={self.moments.rank}, n={self.moments.n}, shape={self.shape})'
+
+def moments_cache_dir() -> Path:
+    "Where dataset moments are cached: `$XDG_CACHE_HOME/dinof/moments`, else `~/.cache/dinof/moments`."
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache').expanduser() / 'dinof' / 'moments'
+
+def _image_batches(data, centered: bool, flip: bool, batch_size: int):
+    "One pass over an image dataset in model space, each image followed by its mirror image when `flip`."
+    raw, pad = getattr(data, 'data', None), int(getattr(data, 'pad', 0))
+    def load(i):
+        if isinstance(raw, torch.Tensor) and raw.dtype == torch.uint8:   # TensorImages: whole batches at once
+            x = raw[i:i + batch_size].float() / 255.
+            return torch.nn.functional.pad(x, (pad,) * 4) if pad else x
+        return torch.stack([data[j] for j in range(i, min(i + batch_size, len(data)))]).float()
+    def run():
+        for i in range(0, len(data), batch_size):
+            x = load(i)
+            x = 2 * x - 1 if centered else x
+            yield torch.cat([x, x.flip(-1)]) if flip else x
+    return run
+
+def dataset_moments(data, *, centered: bool, rank: int | None = None, flip: bool = False, batch_size: int = 1000,
+                    cache_dir=None, force: bool = False, progress: bool = False, **kwargs) -> Moments:
+    """`data_moments` of an image dataset (items `[C, H, W]` in `[0, 1]`, as `dinof.data.get_dataset` returns) in model
+    space, with each image's mirror image added when `flip` (the law the trainer sees under random flips). Cached, like
+    reference statistics, on the dataset's content (its `fingerprint()`) and every setting; `force` recomputes."""
+    run = _image_batches(data, centered, flip, batch_size)
+    fp = data.fingerprint() if callable(getattr(data, 'fingerprint', None)) else None
+    if fp is None: return data_moments(run, rank, progress=progress, **kwargs)
+    key = hashlib.blake2b(f'{fp}|{centered}|{rank}|{flip}|{sorted(kwargs.items())}'.encode(), digest_size=8).hexdigest()
+    name = re.sub(r'[^\w.]+', '_', str(getattr(data, 'name', 'images')))
+    path = Path(cache_dir or moments_cache_dir()) / f'{name}-rank{"full" if rank is None else rank}-{key}.pt'
+    if path.is_file() and not force:
+        try: return Moments.from_state_dict(torch.load(path, map_location='cpu', weights_only=True))
+        except Exception: pass   # unreadable: recompute
+    m = data_moments(run, rank, progress=progress, **kwargs)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f'.{os.getpid()}.tmp'); torch.save(m.state_dict(), tmp); os.replace(tmp, path)
+    except OSError as e: warnings.warn(f'{path}: the moments could not be cached ({e.strerror or e})')
+    return m
+
 
 # %% ../nbs/06_sampling.ipynb #75cf6076
 # PyTorch's messages for inputs of the wrong shape (conv, linear, matmul, broadcasting, cat, view, norms, pooling)
