@@ -120,7 +120,10 @@ class TrainingConfig:
     preview_freq: int = _f(0, lo=0, doc='sample previews every so many steps; 0: never')
     seed: int = _f(42, lo=0)
     num_workers: int = _f(0, lo=0)
-    autocast: str = _f('auto', AUTOCAST, doc='auto: bf16 on CUDA devices that support it, off elsewhere (CPU)')
+    autocast: str = _f('auto', AUTOCAST, doc="'off': float32 throughout (the paper's presets: neither score_sde nor DiNof trained "
+                       "in bf16); 'bf16': the forward passes' matrix products and convolutions in bfloat16 (8 significand bits "
+                       "against 24), weights, gradients, Adam, EMA, loss sums and log-determinants still float32: faster on GPUs, "
+                       "not the paper's arithmetic; 'auto': bf16 on CUDA devices that support it, off on the CPU (the CPU presets)")
     compile: bool = _f(False, doc='torch.compile the networks')
     score_checkpoint: str | None = _f(None, doc='start from a pretrained score_sde checkpoint')
 
@@ -135,6 +138,8 @@ class OptimConfig:
     weight_decay: float = _f(0., lo=0)
     warmup: int = _f(5000, lo=0)
     grad_clip: float = _f(1., lo=0, doc='max gradient norm; 0: no clipping')
+    clip: str = _f('joint', ('joint', 'per_network'), doc="'joint': one norm over both networks' gradients (score_sde's and "
+                   "DiNof's code, the paper's presets); 'per_network': each network clipped to grad_clip by its own norm")
 
 @dataclass
 class SamplingConfig:
@@ -150,6 +155,9 @@ class SamplingConfig:
     steps: int | None = _f(None, lo=1, doc='None: N t_m / T from the flow prior, N from the Gaussian')
     schedule: str = _f('auto', ('auto', *SCHEDULES))
     batch_size: int = _f(64, lo=1)
+    chunk_size: int | None = _f(None, lo=1, doc='the most samples one pass of the networks takes (every sampling path: evaluation, '
+                                'dinof sample, previews); a batch is drawn in chunks of this size, each sample still from its own seed; '
+                                'None: the whole batch at once')
 
 @dataclass
 class EvalConfig:
@@ -446,7 +454,8 @@ def _paper(sde: str, continuous: bool, **model) -> Config:
         sde=SDEConfig(type=sde, sigma_min=0.01, sigma_max=50., beta_min=0.1, beta_max=20., num_scales=1000, t_m=0.6),
         model=ModelConfig(**model),
         flow=FlowConfig(name='glow', levels=3, depth=16, hidden=256, coupling='affine', split_prior='learned'),
-        training=TrainingConfig(batch_size=128, n_iters=1_300_001, continuous=continuous, snapshot_freq=50_000, log_freq=100),
+        training=TrainingConfig(batch_size=128, n_iters=1_300_001, continuous=continuous, snapshot_freq=50_000, log_freq=100,
+                                autocast='off'),
         optim=OptimConfig(lr=2e-4, beta1=0.9, beta2=0.999, eps=1e-8, warmup=5000, grad_clip=1.),
         sampling=SamplingConfig(prior='flow', method='pc', snr=0.16),
         eval=EvalConfig(num_samples=50_000, batch_size=1024))
@@ -458,6 +467,7 @@ def _celebahq() -> Config:
     c.sampling.snr = 0.17
     c.flow.checkpoint = True
     c.training.micro_batch_size = 16     # ~3.05 GiB of activations per sample: 16 fit one 80 GB GPU (see above)
+    c.sampling.chunk_size = 32           # ~0.36 GB per sample without gradients: 32 take ~12 GB (see above)
     return c
 
 def _deep() -> Config:

@@ -19,9 +19,9 @@ from .sampling import hybrid_sample
 from .train import _atomic_write, find_checkpoint, load_models, plot_log, save_samples
 
 # %% auto #0
-__all__ = ['A100_BF16_FLOPS', 'UTILISATION', 'smoke', 'smoke_overrides', 'write_cifar10', 'write_image_folder', 'training_data',
-           'train_command', 'launch', 'read_records', 'watch', 'sample_grid', 'sample_cached', 'cached_samples',
-           'evaluate', 'count_flops', 'cost_per_image', 'gpu_hours', 'run_cost', 'cost_table']
+__all__ = ['A100_BF16_FLOPS', 'A100_TF32_FLOPS', 'UTILISATION', 'smoke', 'smoke_overrides', 'write_cifar10', 'write_image_folder',
+           'training_data', 'train_command', 'launch', 'read_records', 'watch', 'sample_grid', 'sample_cached',
+           'cached_samples', 'evaluate', 'count_flops', 'cost_per_image', 'gpu_hours', 'run_cost', 'cost_table']
 
 # %% ../nbs/13_experiments.ipynb #0c1ff268
 def smoke(default: bool = True) -> bool:
@@ -217,7 +217,8 @@ def sample_cached(models, n: int, folder, *, batch_size: int | None = None, seed
     """`n` samples of `models` (`dinof.train.Models`) as `uint8` images, one `batch_KKKKK.npz` per `batch_size` samples
     (default `eval.batch_size`) in `folder`, keeping the batches already there. `shard=(r, R)`: only the batches
     `k % R == r`; `limit`: at most so many new batches; `progress`: as `dinof.core.Progress`; `overrides`: sampler
-    settings. Returns `{'batches', 'made', 'nfe'}`."""
+    settings. Each batch is drawn `sampling.chunk_size` samples at a time (`Models.sample`), so a batch file may hold more
+    samples than fit in one pass of the networks. Returns `{'batches', 'made', 'nfe'}`."""
     check('n', is_int(n, 1), f'must be an integer >= 1, got {n!r}')
     bs = batch_size or models.config.eval.batch_size
     check('batch_size', is_int(bs, 1), f'must be an integer >= 1, got {bs!r}')
@@ -357,6 +358,7 @@ def _cost(cfg_json: str, batch_size: int, device: str) -> dict:
             'score_forward': score_fwd, 'flow_sample': flow_sample, 'nfe': nfe, 'sample': flow_sample + nfe * score_fwd}
 
 A100_BF16_FLOPS = 312e12   # NVIDIA A100 datasheet: dense BF16 tensor-core peak (FLOP/s)
+A100_TF32_FLOPS = 156e12   # the same for TF32, the tensor-core format PyTorch lets cuDNN use for float32 convolutions
 UTILISATION = 0.2          # assumed fraction of that peak reached (not measured: no GPU here)
 
 def gpu_hours(flops: float, peak: float = A100_BF16_FLOPS, utilisation: float = UTILISATION) -> float:
@@ -368,9 +370,10 @@ def run_cost(cfg: Config | str, n_samples: int | None = None, **kwargs) -> dict:
     `n_samples` samples (default `eval.num_samples`), in TFLOPs per image and A100-hours (`gpu_hours`' assumptions)."""
     cfg = get_config(cfg) if isinstance(cfg, str) else cfg
     c = cost_per_image(cfg, **kwargs)
+    peak = A100_TF32_FLOPS if cfg.training.autocast == 'off' else A100_BF16_FLOPS   # training in float32, or bf16 on a GPU
     images, n = cfg.training.batch_size * cfg.training.n_iters, n_samples or cfg.eval.num_samples
     return {'preset': cfg.name, 'batch_size': cfg.training.batch_size, 'n_iters': cfg.training.n_iters, 'images': images,
-            'train_tflop_per_image': c['train'] / 1e12, 'train_gpu_hours': gpu_hours(c['train'] * images),
+            'train_tflop_per_image': c['train'] / 1e12, 'train_gpu_hours': gpu_hours(c['train'] * images, peak),
             'nfe': c['nfe'], 'sample_tflop_per_image': c['sample'] / 1e12, 'n_samples': n,
             'eval_gpu_hours': gpu_hours(c['sample'] * n)}
 

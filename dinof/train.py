@@ -388,11 +388,20 @@ class Models:
         if kind == 'gaussian': return GaussianPrior(self.sde, self.config.data_shape)
         return FlowPrior(self.flow, self.t_m, s.temperature if temperature is None else temperature)
 
-    def sample(self, n: int = 64, prior: str | None = None, *, seed: int = 0, temperature: float | None = None, **overrides) -> SampleResult:
-        "`n` samples (model space) from `prior` through `hybrid_sample`; `overrides` replace the config's sampling settings."
+    def sample(self, n: int = 64, prior: str | None = None, *, seed: int = 0, temperature: float | None = None,
+               chunk_size: int | None = None, first: int = 0, **overrides) -> SampleResult:
+        """`n` samples (model space) from `prior` through `hybrid_sample`, samples `first .. first+n-1` of `seed`, at most
+        `chunk_size` (default `sampling.chunk_size`; None: all) per pass; `overrides` replace the config's sampling settings."""
         kw = {**self.config.sampling_kwargs(), **overrides}
         dev = next(self.score_model.parameters()).device
-        return hybrid_sample(self.prior(prior, temperature), self.sde, self.score_model, n, seed=seed, device=dev, **kw)
+        p = self.prior(prior, temperature)
+        c = chunk_size or self.config.sampling.chunk_size or n
+        check('chunk_size', isinstance(c, int) and c >= 1, f'must be an integer >= 1 or None, got {chunk_size!r}')
+        if c >= n or kw.get('trajectory') or kw.get('generator') is not None:
+            return hybrid_sample(p, self.sde, self.score_model, n, seed=seed, first=first, device=dev, **kw)
+        parts = [hybrid_sample(p, self.sde, self.score_model, min(c, n - i), seed=seed, first=first + i, device=dev, **kw)
+                 for i in range(0, n, c)]
+        return SampleResult(torch.cat([r.samples for r in parts]), max(r.nfe for r in parts))
 
 def _build_nets(cfg: Config):
     sde = cfg.build_sde()
@@ -665,8 +674,10 @@ class Trainer:
             bad = [k for k, v in zip(norms, vals[4:]) if not math.isfinite(v)]
             raise FloatingPointError(f'step {step}: the gradient of the {" and ".join(bad)} network is not finite; training stopped '
                                      f'before this update, the last good checkpoint is {self.last_checkpoint or "none (no checkpoint yet)"}')
-        if self.cfg.optim.grad_clip > 0:
+        if self.cfg.optim.grad_clip > 0 and self.cfg.optim.clip == 'joint':     # one norm over both networks (DiNof's code)
             nn.utils.clip_grads_with_norm_(self.opt.param_groups[0]['params'], self.cfg.optim.grad_clip, total)
+        elif self.cfg.optim.grad_clip > 0:                                          # each network by its own norm
+            for k, ps in self._groups.items(): nn.utils.clip_grads_with_norm_(ps, self.cfg.optim.grad_clip, norms[k])
         lr = self.opt.param_groups[0]['lr']
         self.opt.step(); self.sched.step()
         if self.train_score: self.ema['score'].update(self.score_model)

@@ -84,3 +84,11 @@ def test_section_annotations_evaluate():
             base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
             assert len(base) == 1 and base[0] in (bool, int, float, str, tuple), (cls.__name__, name, hint)
     assert typing.get_type_hints(SECTIONS['data'])['root'] == typing.Optional[str]
+
+@pytest.mark.parametrize('name', PAPER_PRESETS)
+def test_paper_presets_train_in_float32_with_the_joint_clip(name):
+    # issue 21: neither score_sde nor DiNof trained in bf16; the joint clip is the original code's (per network: an option)
+    c = get_config(name)
+    assert (c.training.autocast, c.optim.clip) == ('off', 'joint')
+    assert get_config(name, 'optim.clip=per_network').optim.clip == 'per_network'
+    with pytest.raises(ValueError, match=r"^optim\.clip: must be one of 'joint', 'per_network'"): get_config(name, 'optim.clip=score')
