@@ -1,5 +1,8 @@
 """1. Crash anywhere. `dinof train` (the console script, toy2d preset, a checkpoint after every step so that writes are
 often in flight) is killed with SIGKILL at random moments, resumed with `--resume` each time, then run to the end.
+The moments are keyed to the run's progress as its log shows it (a random point of its start-up, or a random step
+soon after it), not to the clock, so that a machine 3x faster or 2x slower kills at the same places; a run that ends
+before its kill fails the test with the reason.
 After every kill, every checkpoint on disk must load and `latest` must name a complete one; at the end the parameters,
 EMA, optimizer and scheduler must equal, bit for bit, those of a run that was never interrupted (CPU, fixed seed, one
 thread), and the log must hold the uninterrupted run's records (also after a restart before the first checkpoint: the
@@ -13,31 +16,50 @@ def _train_args(wd: Path, n_iters: int) -> list:
     return ['train', '--preset', 'toy2d', '--no-progress', '--resume', '--workdir', wd,
             *sets(*TOY, 'training.snapshot_freq=1', f'training.n_iters={n_iters}')]
 
-def _kill_once(wd: Path, n_iters: int, rng: random.Random, early: bool, log: Path) -> dict:
-    "Start a resume, SIGKILL it at a random moment (`early`: any time from the start, else after it has trained a step)."
+def _kill_once(wd: Path, n_iters: int, rng: random.Random, early: bool, log: Path, startup: float | None) -> dict:
+    """Start a resume and SIGKILL it at a moment keyed to its progress, not to the clock (a machine 3x faster or 2x slower
+    kills at the same steps): `early`, at a random point of its start-up (imports, loading the checkpoint, rewriting the
+    log), a uniform fraction of `startup` (the start-up time measured on earlier resumes) and at the latest as soon as it
+    has trained a step; otherwise once it has trained 1 to 4 steps, plus a random part of a step (each step ends with a
+    checkpoint write). A run that ends before its kill fails the test with the reason (it should not: the kill comes
+    within a few steps of the start, far from `n_iters`)."""
     before = audit(wd)
     start = before['latest'] or max(before['steps'], default=0)
+    # a killed run may have logged steps past its last checkpoint: only steps past those are the new process's own
+    old = max([start, *log_steps(wd)])
+    target = old + (1 if early else rng.randint(1, 4))
+    delay = rng.uniform(0, startup) if early and startup else float('inf')
     p = popen_dinof(*_train_args(wd, n_iters), log=log)
     t0 = time.monotonic()
-    if early: time.sleep(rng.uniform(0, 6.0))           # mostly start-up: imports, loading the checkpoint, rewriting the log
-    else:
-        while p.poll() is None and not any(s > start for s in log_steps(wd)):   # the resumed run has trained a step
-            if time.monotonic() - t0 > 300: break
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0, 0.8))                  # then a few more steps: each one ends with a checkpoint write
-    finished = p.poll() is not None
-    if not finished: p.send_signal(signal.SIGKILL)
+    seen = {}                                            # step -> when the poll first saw it
+    while p.poll() is None:
+        now = time.monotonic()
+        for s in log_steps(wd):
+            if s > old: seen.setdefault(s, now)
+        if now - t0 >= delay or max(seen, default=0) >= target: break
+        if now - t0 > 600: pytest.fail(f'no step past {old} logged after 600 s: {log.read_text()[-2000:]}')
+        time.sleep(0.005)
+    first_step = min(seen.values(), default=None)
+    if not early and p.poll() is None and len(seen) >= 2:   # a random part of a step, as long as a step takes here
+        time.sleep(rng.uniform(0, (max(seen.values()) - first_step) / (max(seen) - min(seen))))
+    if p.poll() is not None:
+        pytest.fail(f'the resume from step {start} ended (exit status {p.returncode}, last logged step {max(log_steps(wd), default=None)}) '
+                    f'before its kill at step {target}: the kill is keyed to steps, so n_iters={n_iters} is too few? '
+                    f'{log.read_text()[-2000:]}')
+    p.send_signal(signal.SIGKILL)
     rc = p.wait(timeout=60)
     after = audit(wd)
-    return {'rc': rc, 'finished': finished, 'start': start, 'after': after, 'in_write': bool(after['tmp']),
-            'seconds': time.monotonic() - t0, 'log': log.read_text()[-2000:]}
+    return {'rc': rc, 'start': start, 'target': target, 'after': after, 'in_write': bool(after['tmp']),
+            'startup': None if first_step is None else first_step - t0, 'seconds': time.monotonic() - t0, 'log': log.read_text()[-2000:]}
 
 def crash_loop(tmp_path: Path, kills: int, n_iters: int, seed: int):
     rng = random.Random(seed)
     straight = popen_dinof(*_train_args(tmp_path / 'straight', n_iters), log=tmp_path / 'straight.txt')  # meanwhile: the reference
     wd, survived, in_write, progress = tmp_path / 'killed', 0, 0, []
+    startups, where = [], []                             # how long resumes took to train their first step; where kills landed
     for i in range(kills):
-        r = _kill_once(wd, n_iters, rng, early=(i % 4 == 1), log=tmp_path / f'kill{i}.txt')
+        r = _kill_once(wd, n_iters, rng, early=(i % 4 == 1), log=tmp_path / f'kill{i}.txt', startup=max(startups, default=None))
+        if r['startup'] is not None: startups.append(r['startup'])
         a = r['after']
         newest = max(a['steps'], default=0)
         # a kill may leave a temporary file (a write in flight), never a damaged checkpoint, and never goes backwards
@@ -47,7 +69,9 @@ def crash_loop(tmp_path: Path, kills: int, n_iters: int, seed: int):
         lost(len(a['bad']), f'kill {i}: {a["bad"]}')
         assert ok, (i, r)
         survived += 1; in_write += r['in_write']; progress.append(newest)
+        where.append(f"{r['start']}->{'start-up' if r['startup'] is None else r['target']}")
     FIGURES['kills in a write'] = FIGURES.get('kills in a write', 0) + in_write
+    FIGURES[f'kills of {kills} (resumed from -> killed at step)'] = ', '.join(where)
     assert straight.wait(timeout=900) == 0, (tmp_path / 'straight.txt').read_text()[-3000:]
     r = dinof(*_train_args(wd, n_iters))                 # the last resume runs to the end
     assert r.returncode == 0, r.stderr[-3000:]

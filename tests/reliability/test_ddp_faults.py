@@ -36,18 +36,23 @@ def _launch(tmp: Path, wd: Path, n_iters: int, timeout: float, tag: str) -> list
         out.close()
     return procs
 
-def _wait_steps(wd: Path, k: int, procs, limit=300):
+def _wait_steps(wd: Path, k: int, procs, limit=600):
+    """Wait until step `k` is logged: faults are keyed to steps, not to the clock, so they land mid-run on a machine 3x
+    faster or 2x slower alike (polled every 5 ms; a run has at least 15 steps, each with a collective, left after `k`)."""
     t0 = time.monotonic()
     while max(log_steps(wd), default=0) < k:
-        assert all(p.poll() is None for p in procs), 'a rank ended early'
-        assert time.monotonic() - t0 < limit, 'no progress'
-        time.sleep(0.05)
+        assert all(p.poll() is None for p in procs), f'a rank ended before step {k}: {[p.poll() for p in procs]}'
+        assert time.monotonic() - t0 < limit, f'no step {k} logged after {limit} s'
+        time.sleep(0.005)
 
 def _fault(tmp: Path, wd: Path, victim: int, how: str, timeout: float, n_iters: int):
     "Start two ranks, wait for a few steps, hit rank `victim`; how long the survivor takes to exit, and its status."
     procs = _launch(tmp, wd, n_iters, timeout, how)
-    _wait_steps(wd, max(log_steps(wd), default=0) + 3, procs)
+    k = max(log_steps(wd), default=0) + 3
+    _wait_steps(wd, k, procs)
     procs[victim].send_signal(signal.SIGKILL if how == 'kill' else signal.SIGSTOP)
+    if procs[victim].poll() not in (None, -signal.SIGKILL):   # the fault must hit a running rank, not one that has finished
+        pytest.fail(f'rank {victim} ended (status {procs[victim].returncode}) before its fault after step {k} of {n_iters}')
     t0, survivor = time.monotonic(), procs[1 - victim]
     try: rc = survivor.wait(timeout=timeout + 120)
     except subprocess.TimeoutExpired: rc = None
