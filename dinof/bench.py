@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_bench.ipynb #c7e69c1a
 from __future__ import annotations
-import collections, dataclasses, json, os, platform, time
+import collections, dataclasses, hashlib, json, os, platform, time
 from pathlib import Path
 from typing import Sequence
 import numpy as np
@@ -15,14 +15,16 @@ from .core import Progress, bpd_offset, check, fail, get_device, is_int, log_pro
 from .data import get_dataset
 from .likelihood import bits_per_dim
 from .metrics import RunningStats, feature_batches, get_extractor, kid, reference_stats
-from .sampling import SCHEDULES, hybrid_sample
-from .train import Models, Trainer, _EXPORTED, _atomic_write, _build_nets, _config_diff, find_checkpoint, plot_log, save_samples
+from .sampling import DEFAULT_SCHEDULES, SCHEDULES, hybrid_sample
+from .sde import VESDE
+from .train import Models, Trainer, find_checkpoint, plot_log, save_samples
+from .train import _EXPORTED, _atomic_write, _build_nets, _config_diff   # not yet public in dinof.train: the one place bench reaches in
 
 # %% auto #0
 __all__ = ['CONFIDENCE_BINS', 'PRESET', 'QUICK_PRESET', 'BASELINE', 'TM_SWEEP', 'NFES', 'METHODS', 'PC_SETTINGS', 'generate',
-           'domain_scores', 'Stopped', 'quickstart', 'export_models', 'load_exported', 'steps_for_nfe', 'train_model',
-           'heldout_bpd', 'prior_fit', 'bench_quality', 'summarize', 'plot_quality', 'results_table', 'results_summary',
-           'bench_speed']
+           'domain_scores', 'write_npz', 'Stopped', 'quickstart', 'export_models', 'model_id', 'load_exported',
+           'steps_for_nfe', 'train_model', 'heldout_bpd', 'prior_fit', 'bench_quality', 'training_spread', 'summarize',
+           'plot_quality', 'results_table', 'results_summary', 'bench_speed']
 
 # %% ../nbs/12_bench.ipynb #6d0ccb1f
 def generate(models: Models, n: int, *, seed: int = 0, batch_size: int | None = None, progress: bool = False,
@@ -72,9 +74,20 @@ def domain_scores(images, *, extractor: str = 'fmnist', kid_subsets: int = 100, 
 PRESET = 'fmnist_small'         # the study's model
 QUICK_PRESET = 'fmnist_quick'   # the main job's: the same, with a network cheaper per image (see below)
 
-def _write_npz(path: Path, images: torch.Tensor):
-    "`images` `[N, 1, H, W]` as `N x H x W` uint8 under the key `samples`, written through a temporary file."
-    _atomic_write(path, lambda f: np.savez(f, samples=images[:, 0].numpy()), 'the samples')
+def write_npz(path, batches, n: int, shape: tuple, dtype) -> int:
+    """Stream `n` samples, `(array, nfe)` batch by batch from `batches`, into the `.npz` `path` as `numpy.savez` would write
+    them (one member `samples.npy`, uncompressed), through a temporary file; returns the last batch's nfe. `shape` is one
+    sample's (the quickstart writes `N x H x W`, `dinof sample --out x.npz` `N x C x H x W`, batch by batch)."""
+    import zipfile
+    nfe, dtype = 0, np.dtype(dtype)
+    def write(f):
+        nonlocal nfe
+        with zipfile.ZipFile(f, 'w') as zf, zf.open('samples.npy', 'w', force_zip64=True) as g:
+            np.lib.format.write_array_header_1_0(g, {'descr': np.lib.format.dtype_to_descr(dtype), 'fortran_order': False,
+                                                     'shape': (n, *shape)})
+            for x, nfe in batches: g.write(np.ascontiguousarray(x, dtype=dtype).tobytes())
+    _atomic_write(Path(path), write, 'the samples')
+    return nfe
 
 def _write_loss_plot(workdir: Path, path: Path):
     import matplotlib; matplotlib.use('Agg', force=False)
@@ -142,7 +155,7 @@ def quickstart(workdir='quickstart', *, minutes: float | None = None, n_samples:
     # 4. write
     paths = {k: wd / f for k, f in (('grid', 'samples.png'), ('samples', 'samples.npz'), ('loss', 'loss.png'), ('metrics', 'metrics.json'))}
     save_samples(images[:100].float() / 255., paths['grid'])
-    _write_npz(paths['samples'], images)
+    write_npz(paths['samples'], [(images[:, 0].numpy(), nfe)], len(images), tuple(images.shape[2:]), 'uint8')
     _write_loss_plot(wd, paths['loss'])
     tr = cfg.training
     metrics = {
@@ -195,6 +208,23 @@ def _read_exported(path: Path) -> dict:
     if not (isinstance(ck, dict) and ck.get('format') == _EXPORTED): raise ValueError(f'models: {path} is not a file of dinof.bench.export_models')
     return ck
 
+_SAMPLING_FIELDS = ('predictor', 'corrector', 'snr', 'n_steps_each', 'noise_removal', 'temperature')   # what a cell takes from the config
+
+def model_id(models: Models) -> str:
+    """What a study's cells are keyed on besides their settings: a hash of the networks' weights (EMA, as sampled), of the
+    SDE's numbers and $t_m$, the data scaling, and the sampler defaults a cell takes from the config (`_SAMPLING_FIELDS`);
+    not of how the model was trained, nor of config fields added later. The same on any device, for a trained run and
+    for its exported file; a `torch.compile`d network hashes as the network it wraps."""
+    sde = {k: v for k, v in sorted(vars(models.sde).items()) if isinstance(v, (bool, int, float, str))}
+    s = models.config.resolved().sampling
+    meta = {'sde': type(models.sde).__name__, **sde, 't_m': models.t_m, 'centered': models.config.resolved().data.centered,
+            **{k: getattr(s, k, None) for k in _SAMPLING_FIELDS}}
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode())
+    for net in (models.score_model, models.flow):
+        for k, v in getattr(net, '_orig_mod', net).state_dict().items():
+            h.update(k.encode()); h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
 def load_exported(path, *, device=None) -> Models:
     "The `Models` written by `export_models`, on `device`."
     path = Path(path)
@@ -208,25 +238,33 @@ def load_exported(path, *, device=None) -> Models:
     return Models(cfg, sde, sm.to(dev).eval(), fl.to(dev).eval(), int(ck['step']))
 
 # %% ../nbs/12_bench.ipynb #d30b1a0a
-def _zero_score(x, t): return torch.zeros_like(x)
+_ODE_EVALS = {'euler': 1, 'heun': 2, 'dpm1': 1, 'dpm2': 2, 'dpm3': 3}   # network evaluations per step
 
 def steps_for_nfe(models: Models, prior: str, method: str, nfe: int, schedule: str = 'uniform', **sampling) -> tuple[int, int]:
-    """The most solver steps whose sample costs at most `nfe` network evaluations (counted on a zero score), and that count;
-    `sampling`: other sampler settings that change the count (e.g. PC's `corrector`, `n_steps_each`, `noise_removal`)."""
+    """The most solver steps whose sample costs at most `nfe` network evaluations, and that count, in closed form: a PC step
+    costs one evaluation plus `n_steps_each` for a corrector (its last step denoises in place); an Euler, Heun or DPM-Solver-k
+    step 1, 2 or k, plus one for the final denoising step (`noise_removal`). `sampling`: settings that change the count
+    (e.g. PC's `corrector`, `n_steps_each`, `noise_removal`); `prior` and `schedule` do not (the flow's decoding is not counted)."""
     check('nfe', is_int(nfe, 1), f'must be an integer >= 1, got {nfe!r}')
-    p, kw = models.prior(prior), {**models.config.sampling_kwargs(), **sampling, 'method': method, 'schedule': schedule}
-    count = lambda s: hybrid_sample(p, models.sde, _zero_score, 1, **{**kw, 'steps': s}).nfe
-    best = None
-    for s in range(1, nfe + 1):
-        c = count(s)
-        if c > nfe: break
-        best = (s, c)
-    if best is None: fail('nfe', f'{method} needs more than {nfe} evaluations for one step')
-    return best
+    check('method', method == 'pc' or method in _ODE_EVALS, f'must be pc or one of {", ".join(_ODE_EVALS)} (rk45 is adaptive), got {method!r}')
+    kw = {**models.config.sampling_kwargs(), **sampling}
+    if method == 'pc':
+        corrector = kw.get('corrector')
+        if corrector == 'auto': corrector = 'langevin' if isinstance(models.sde, VESDE) else 'none'
+        per, extra = 1 + (kw.get('n_steps_each', 1) if corrector not in (None, 'none') else 0), 0
+    else: per, extra = _ODE_EVALS[method], int(bool(kw.get('noise_removal')))
+    steps = (nfe - extra) // per
+    if steps < 1: fail('nfe', f'{method} needs more than {nfe} evaluations for one step')
+    return steps, steps * per + extra
+
 
 # %% ../nbs/12_bench.ipynb #4aa1b6de
 def _say(msg: str):
     print(f'[{time.strftime("%H:%M:%S")}] {msg}', flush=True)
+
+def _mode(trainer: Trainer) -> str:
+    "What the run trains: `joint`, `score-only` or `flow-only`."
+    return 'joint' if trainer.train_score and trainer.train_flow else ('score-only' if trainer.train_score else 'flow-only')
 
 def train_model(workdir, overrides: Sequence[str] = (), *, steps: int, progress: bool = False, device=None) -> Models:
     "Train the preset with `overrides` for `steps` steps in `workdir` (resuming whatever is there); its EMA `Models`."
@@ -240,7 +278,7 @@ def train_model(workdir, overrides: Sequence[str] = (), *, steps: int, progress:
         if trainer.step != start or not (wd / 'run.json').is_file():   # a finished run's record stays as it was written
             _json_write(wd / 'run.json', {'steps': trainer.step, 'batch_size': tr.batch_size, 'seconds': round(trainer.seconds, 1),
                                       'images_seen': trainer.step * tr.batch_size, 'overrides': list(overrides),
-                                      'mode': repr(trainer).split(',')[1].strip(), 'config': cfg.to_dict()})
+                                      'mode': _mode(trainer), 'config': cfg.to_dict()})
     return trainer.models()
 
 def _model(root: Path, name: str, overrides: Sequence[str], steps: int, *, progress: bool, device) -> tuple[Models, bool]:
@@ -257,10 +295,16 @@ def _model(root: Path, name: str, overrides: Sequence[str], steps: int, *, progr
     return m, exported() is None    # False: the file already holds these models (not rewritten, so git sees no change)
 
 def _point(root: Path, name: str, models: Models, *, prior: str, method: str, nfe: int, schedule: str, n: int, seed: int,
-           progress: bool, device, keep: int = 0, setting: str = 'grid', extra: dict | None = None, batch_size: int | None = None) -> dict:
-    "One cell of the grid, read from its JSON file when it exists, else sampled, scored and written."
+           progress: bool, device, keep: int = 0, setting: str = 'grid', extra: dict | None = None, batch_size: int | None = None,
+           mid: str | None = None) -> dict:
+    """One cell of the grid, read from its JSON file when that file was drawn from these models (`model_id`, or `mid`
+    when the caller has it), else sampled, scored and written (a retrained model's cells are drawn again)."""
     f = root / 'points' / name / f'{setting}-{method}-{schedule}-nfe{nfe}-n{n}-seed{seed}.json'
-    if f.is_file(): return json.loads(f.read_text())
+    mid = mid or model_id(models)
+    if f.is_file():
+        rec = json.loads(f.read_text())
+        if rec.get('model_id') == mid: return rec
+        _say(f'{name}/{f.name}: drawn from other models ({rec.get("model_id")}, now {mid}): drawing it again')
     extra = extra or {}
     steps, _ = steps_for_nfe(models, prior, method, nfe, schedule, **extra)
     t0 = time.perf_counter()
@@ -274,7 +318,7 @@ def _point(root: Path, name: str, models: Models, *, prior: str, method: str, nf
            'extractor_hash': d['extractor_hash'], 'reference': d['reference'], 'mean_confidence': d['mean_confidence'],
            'sampling_seconds': round(secs, 2), 'images_per_s': round(n / secs, 2), 'training_step': models.step,
            'compiled': hasattr(models.score_model, '_orig_mod'), 'sampler_settings': extra,
-           'device': next(models.score_model.parameters()).device.type}
+           'device': next(models.score_model.parameters()).device.type, 'model_id': mid}
     if keep: np.savez_compressed(f.with_suffix('.npz'), samples=images[:keep, 0].numpy())
     _json_write(f, rec)
     _say(f'{name:12s} {method:5s} {schedule:8s} NFE {used:4d}  FID {rec["fid"]:7.2f}  KID {rec["kid"]:.4f}  ({secs:.0f} s)')
@@ -289,13 +333,15 @@ def _test_images(models: Models, n: int, seed: int) -> tuple[torch.Tensor, float
     return scale_data(x, c.centered), bpd_offset(c.centered)
 
 def heldout_bpd(models: Models, prior: str, n: int = 200, *, seed: int = 0, batch_size: int = 50, **kwargs) -> dict:
-    "Bits/dim of `n` test images through the probability-flow ODE to `prior` (the flow at `t_m`, or the Gaussian at `T`); `kwargs` go to `bits_per_dim`."
+    """Bits/dim of `n` test images through the probability-flow ODE to `prior` (the flow at `t_m`, or the Gaussian at `T`):
+    the mean, its standard error and each image's (`bpd_each`; the images, dequantisation and probes depend only on `seed`,
+    so two models scored with the same `n` and `seed` compare image by image); `kwargs` go to `bits_per_dim`."""
     x, offset = _test_images(models, n, seed)
     x, p = x.to(next(models.score_model.parameters()).device), models.prior(prior)
     b = torch.cat([bits_per_dim(x[i:i + batch_size], p, models.sde, models.score_model, offset=offset, seed=seed, first=i, **kwargs)
                    for i in range(0, n, batch_size)]).double()
     return {'bpd': float(b.mean()), 'bpd_se': float(b.std() / n ** .5), 'n': n, 'seed': seed, 'prior': prior, 't_m': p.t_m,
-            'device': x.device.type}
+            'device': x.device.type, 'bpd_each': [round(float(v), 6) for v in b]}   # per image: two models compare pairwise
 
 def prior_fit(models: Models, n: int = 1000, *, seed: int = 0) -> dict:
     """How well the flow models the marginal at its `t_m`: bits/dim of held-out `x(t_m)` (test images pushed forward by the
@@ -330,78 +376,134 @@ def _best_method(points: list[dict]) -> str:
         wins[min(cell, key=lambda p: p['fid'])['method']] += 1
     return max(wins, key=lambda me: (wins[me], -[p['method'] for p in points].index(me)))
 
+@dataclasses.dataclass
+class _Study:
+    "Where a study writes and how it draws: each cell and record is read back under `root` when the same models made it."
+    root: Path
+    n: int
+    progress: bool = False
+    device: object = None
+    compile: bool = False      # sample through `torch.compile`d score networks, one wrapper per model
+    batch_size: int | None = None
+
+    def __post_init__(self): self._ids, self._fast = {}, {}
+
+    def id(self, m: Models) -> str:
+        if id(m) not in self._ids: self._ids[id(m)] = model_id(m)
+        return self._ids[id(m)]
+
+    def point(self, name: str, m: Models, **kw) -> dict:
+        "One cell of model `m` (see `_point`), at the study's `n` and sampling seed 0 unless `kw` says otherwise."
+        if self.compile and id(m) not in self._fast: self._fast[id(m)] = _compiled(m)
+        kw = {'n': self.n, 'seed': 0, 'progress': self.progress, 'device': self.device, 'batch_size': self.batch_size, **kw}
+        return _point(self.root, name, self._fast.get(id(m), m), mid=self.id(m), **kw)
+
+    def record(self, folder: str, name: str, m: Models, make) -> dict:
+        "The JSON record `root/folder/name.json` of model `m` (bits/dim, a prior's fit): `make()` again when other models made it."
+        f = self.root / folder / f'{name}.json'
+        if f.is_file() and (rec := json.loads(f.read_text())).get('model_id') == self.id(m): return rec
+        rec = {**make(), 'model_id': self.id(m)}
+        _json_write(f, rec)
+        return rec
+
+    def model(self, name: str, overrides: Sequence[str], steps: int) -> tuple[Models, bool]:
+        return _model(self.root, name, overrides, steps, progress=self.progress, device=self.device)
+
+def _train_pair(s: _Study, steps: int, overrides: Sequence[str]) -> dict:
+    "1. The baseline and DiNof: the same preset, steps and batch; the exported files always hold the models the study used."
+    _say(f'training baseline and DiNof ({steps} steps each) in {s.root}/runs')
+    models = {}
+    for k, ov, prior in (('baseline', (*overrides, *BASELINE), 'gaussian'), ('dinof', tuple(overrides), 'flow')):
+        m, new = s.model(k, ov, steps)
+        if new: export_models(m, s.root / 'models' / f'{k}.pt', f'{PRESET} {" ".join(ov)}, {steps} steps')
+        models[k] = (m, prior)
+    return models
+
+def _schedule_cells(s: _Study, models: dict, methods) -> dict:
+    "2. Each ODE method at NFE 20 on every schedule: the best schedule per method."
+    return _best_schedules([s.point(k, m, prior=p, method=me, nfe=20, schedule=sc) for me in methods if me != 'pc'
+                            for sc in SCHEDULES for k, (m, p) in models.items()])
+
+def _pc_setting_cells(s: _Study, models: dict, n_pc: int) -> list[dict]:
+    "3. PC's settings at NFE 50: the corrector (none, or Langevin at three signal-to-noise ratios), the final denoising step."
+    return [s.point(k, m, prior=p, method='pc', nfe=50, schedule='uniform', n=n_pc, setting=f'pc_{name}', extra=extra)
+            for name, extra in PC_SETTINGS.items() for k, (m, p) in models.items()]
+
+def _grid_cells(s: _Study, models: dict, methods, nfes, best: dict) -> list[dict]:
+    "4. The grid: every method at every NFE budget, sampling seed 0 (the first 100 images kept at NFE 50)."
+    return [s.point(k, m, prior=p, method=me, nfe=f, schedule=best[me], keep=100 if f == 50 else 0)
+            for me in methods for f in nfes for k, (m, p) in models.items()]
+
+def _seed_cells(s: _Study, models: dict, methods, best: dict, seeds) -> list[dict]:
+    "5. More sampling seeds at two cells: DPM-Solver-2 at NFE 20 and PC at NFE 100."
+    return [s.point(k, m, prior=p, method=me, nfe=f, schedule=best[me], seed=sd) for me, f in (('dpm2', 20), ('pc', 100))
+            if me in methods for sd in seeds for k, (m, p) in models.items()]
+
+def _bpd_records(s: _Study, models: dict, n_bpd: int) -> dict:
+    "6. Bits/dim of the first `n_bpd` test images, per image, through each model's probability-flow ODE."
+    out = {}
+    for k, (m, p) in models.items():
+        out[k] = s.record('bpd', f'{k}-n{n_bpd}', m, lambda: heldout_bpd(m, p, n_bpd))
+        _say(f'{k}: bits/dim {out[k]["bpd"]:.3f}')
+    return out
+
+def _flow_only(overrides: Sequence[str], score_checkpoint, tm: float) -> tuple:
+    "A flow at `tm` trained alone on top of the score network in `score_checkpoint` (the sweep's models)."
+    return (*overrides, f'sde.t_m={tm}', f'training.score_checkpoint={score_checkpoint}', 'training.w_score=0', 'sampling.prior=flow')
+
+def _tm_sweep(s: _Study, models: dict, tms, flow_steps: int, overrides, methods, best: dict) -> tuple[list[dict], Path]:
+    """7. The t_m sweep: flows trained `flow_steps` on top of the baseline's score network (its EMA weights), each sampled at
+    NFE 20 with DPM-Solver-2, with its prior's fit; returns the cells and the score checkpoint the flows start from."""
+    base = models['baseline'][0]
+    ckpt = find_checkpoint(s.root / 'runs' / 'baseline') or s.root / 'models' / 'baseline.pt'
+    cells = []
+    for tm in tms:
+        name = f'flow_tm{tm:g}'
+        m, new = s.model(name, _flow_only(overrides, ckpt, tm), flow_steps)
+        same = all(torch.equal(a, b) for a, b in zip(m.score_model.state_dict().values(), base.score_model.state_dict().values()))
+        if new: export_models(m, s.root / 'models' / f'{name}.pt', f'{PRESET} t_m {tm:g}, flow only on the baseline score network, '
+                              f'{flow_steps} steps', score_from='baseline.pt' if same else None)
+        fit = s.record('fits', name, m, lambda: prior_fit(m))
+        cells.append({**s.point(name, m, prior='flow', method='dpm2' if 'dpm2' in methods else methods[0], nfe=20,
+                                schedule=best.get('dpm2', 'uniform')), 'fit': fit})
+    return cells, ckpt
+
+def _paper_cells(s: _Study, models: dict, n_paper: int) -> list[dict]:
+    "8. The paper's setting: PC with N steps from T (the baseline) against N t_m / T from t_m (DiNof)."
+    (base, _), (dino, _) = models['baseline'], models['dinof']
+    N = base.sde.N
+    return [s.point('baseline', base, prior='gaussian', method='pc', nfe=N, schedule='uniform', n=n_paper, setting='paper'),
+            s.point('dinof', dino, prior='flow', method='pc', nfe=int(round(N * dino.t_m / dino.sde.T)), schedule='uniform',
+                    n=n_paper, setting='paper')]
+
 def bench_quality(root='bench/fashion_mnist', *, steps: int = 2000, flow_steps: int = 600, n: int = 2000, n_paper: int = 1000,
                   nfes: Sequence[int] = NFES, methods: Sequence[str] = METHODS, tm_sweep: Sequence[float] = TM_SWEEP,
                   extra_seeds: Sequence[int] = (1, 2), n_bpd: int = 200, paper: bool = True, n_pc: int = 1000, overrides: Sequence[str] = (),
                   progress: bool = False, device=None, compile: bool = False, batch_size: int | None = None) -> dict:
     """The Fashion-MNIST study (see the notebook): train the baseline and DiNof with the same budget, then every cell of the
-    grid, the schedules, seeds, bits/dim, the t_m sweep and the paper's setting, each cached under `root` as it finishes.
+    grid, the schedules, seeds, bits/dim (`n_bpd=0`: none), the t_m sweep and the paper's setting, each cached under `root`
+    as it finishes and keyed on the models that drew it (`model_id`: a retrained model's cells are drawn again).
     `compile=True` samples through `torch.compile`d score networks (same numbers to float rounding, ~1.4x faster on a CPU);
     `batch_size`: samples drawn at once (default: the preset's `sampling.batch_size`); the samples do not depend on it."""
     check('steps', is_int(steps, 1), f'must be an integer >= 1, got {steps!r}')
     check('n', is_int(n, 2), f'must be an integer >= 2, got {n!r}')
+    check('n_bpd', is_int(n_bpd, 0), f'must be an integer >= 0, got {n_bpd!r}')
     root = Path(root); root.mkdir(parents=True, exist_ok=True)
-    compiled = {}   # one compiled wrapper per model, reused by every cell
-    fast = (lambda m: compiled[id(m)] if id(m) in compiled else compiled.setdefault(id(m), _compiled(m))) if compile else (lambda m: m)
-    pt = lambda name, m, **kw: _point(root, name, fast(m), **{'n': n, 'seed': 0, 'progress': progress, 'device': device,
-                                                               'batch_size': batch_size, **kw})
-    # 1. the two models, same preset, same steps and batch
-    _say(f'training baseline and DiNof ({steps} steps each) in {root}/runs')
-    base, base_new = _model(root, 'baseline', (*overrides, *BASELINE), steps, progress=progress, device=device)
-    dino, dino_new = _model(root, 'dinof', tuple(overrides), steps, progress=progress, device=device)
-    models = {'baseline': (base, 'gaussian'), 'dinof': (dino, 'flow')}
-    for k, m, new in (('baseline', base, base_new), ('dinof', dino, dino_new)):   # the files always hold the models the study used
-        if new: export_models(m, root / 'models' / f'{k}.pt', f'{PRESET} {" ".join((*overrides, *(BASELINE if k == "baseline" else ())))}, {steps} steps')
-    # 2. the schedule of each ODE method at NFE 20
-    sched_pts = [pt(k, m, prior=p, method=me, nfe=20, schedule=s) for me in methods if me != 'pc' for s in SCHEDULES
-                 for k, (m, p) in models.items()]
-    best = _best_schedules(sched_pts)
-    # 3. PC's settings at NFE 50: corrector (none, or Langevin at three signal-to-noise ratios), the final denoising step
-    pcset = [pt(k, m, prior=p, method='pc', nfe=50, schedule='uniform', n=n_pc, setting=f'pc_{name}', extra=extra)
-             for name, extra in PC_SETTINGS.items() for k, (m, p) in models.items()] if 'pc' in methods and n_pc else []
-    # 4. the grid; 5. more sampling seeds at two cells
-    grid = [pt(k, m, prior=p, method=me, nfe=f, schedule=best[me], keep=100 if f == 50 else 0, seed=0)
-            for me in methods for f in nfes for k, (m, p) in models.items()]
-    cells = [c for c in (('dpm2', 20), ('pc', 100)) if c[0] in methods]
-    seeds = [pt(k, m, prior=p, method=me, nfe=f, schedule=best[me], seed=s) for me, f in cells for s in extra_seeds
-             for k, (m, p) in models.items()]
-    # 6. bits/dim of the test set; how well each prior fits its marginal
-    bpd = {}
-    for k, (m, p) in models.items():
-        f = root / 'bpd' / f'{k}-n{n_bpd}.json'
-        if not f.is_file(): _json_write(f, heldout_bpd(m, p, n_bpd)); _say(f'{k}: bits/dim {json.loads(f.read_text())["bpd"]:.3f}')
-        bpd[k] = json.loads(f.read_text())
-    fits = {}
-    # 7. t_m sweep: flows trained on top of the baseline's score network (its EMA weights), flow-only, `flow_steps` each
-    sweep = []
-    base_ckpt = find_checkpoint(root / 'runs' / 'baseline') or root / 'models' / 'baseline.pt'
-    flow_only = lambda tm: (*overrides, f'sde.t_m={tm}', f'training.score_checkpoint={base_ckpt}', 'training.w_score=0', 'sampling.prior=flow')
-    for tm in tm_sweep:
-        name = f'flow_tm{tm:g}'
-        m, new = _model(root, name, flow_only(tm), flow_steps, progress=progress, device=device)
-        same = all(torch.equal(a, b) for a, b in zip(m.score_model.state_dict().values(), base.score_model.state_dict().values()))
-        if new: export_models(m, root / 'models' / f'{name}.pt', f'{PRESET} t_m {tm:g}, flow only on the baseline score network, '
-                              f'{flow_steps} steps', score_from='baseline.pt' if same else None)
-        f = root / 'fits' / f'{name}.json'
-        if not f.is_file(): _json_write(f, prior_fit(m))
-        fits[name] = json.loads(f.read_text())
-        sweep.append({**pt(name, m, prior='flow', method='dpm2' if 'dpm2' in methods else methods[0], nfe=20,
-                           schedule=best.get('dpm2', 'uniform')), 'fit': fits[name]})
-    f = root / 'fits' / 'dinof.json'
-    if not f.is_file(): _json_write(f, prior_fit(dino))
-    fits['dinof'] = json.loads(f.read_text())
-    best_tm = min(sweep, key=lambda r: r['fid'])['model'] if sweep else None
-    if best_tm is not None:   # the best of the sweep over the NFE grid, with the method that wins most cells of the main grid
-        m, _ = _model(root, best_tm, flow_only(fits[best_tm]['t_m']), flow_steps, progress=progress, device=device)
+    s = _Study(root, n, progress, device, compile, batch_size)
+    models = _train_pair(s, steps, overrides)
+    best = _schedule_cells(s, models, methods)
+    if 'pc' in methods and n_pc: _pc_setting_cells(s, models, n_pc)
+    grid = _grid_cells(s, models, methods, nfes, best)
+    _seed_cells(s, models, methods, best, extra_seeds)
+    if n_bpd: _bpd_records(s, models, n_bpd)
+    sweep, ckpt = _tm_sweep(s, models, tm_sweep, flow_steps, overrides, methods, best)
+    s.record('fits', 'dinof', models['dinof'][0], lambda: prior_fit(models['dinof'][0]))
+    if sweep:   # the best t_m over the NFE grid, with the method that wins most cells of the main grid
+        best_tm = min(sweep, key=lambda r: r['fid'])
+        m, _ = s.model(best_tm['model'], _flow_only(overrides, ckpt, best_tm['fit']['t_m']), flow_steps)
         me = _best_method(grid)
-        grid += [pt(best_tm, m, prior='flow', method=me, nfe=f, schedule=best[me], seed=0) for f in nfes]
-    # 8. the paper's setting: PC with N steps from T (baseline) vs N t_m / T from t_m (DiNof)
-    paper_pts = []
-    if paper and 'pc' in methods:
-        N = base.sde.N
-        paper_pts = [pt('baseline', base, prior='gaussian', method='pc', nfe=N, schedule='uniform', n=n_paper, setting='paper'),
-                     pt('dinof', dino, prior='flow', method='pc', nfe=int(round(N * dino.t_m / dino.sde.T)), schedule='uniform',
-                        n=n_paper, setting='paper')]
+        for f in nfes: s.point(best_tm['model'], m, prior='flow', method=me, nfe=f, schedule=best[me])
+    if paper and 'pc' in methods: _paper_cells(s, models, n_paper)
     res = summarize(root, out=root / 'results.json')
     if res['points']:
         import matplotlib; matplotlib.use('Agg', force=False)
@@ -412,20 +514,35 @@ def bench_quality(root='bench/fashion_mnist', *, steps: int = 2000, flow_steps: 
 def _load_dir(d: Path) -> list[dict]:
     return [json.loads(f.read_text()) for f in sorted(d.rglob('*.json'))] if d.is_dir() else []
 
-def summarize(root='bench/fashion_mnist', out=None) -> dict:
+def training_spread(sweep) -> dict | None:
+    """The spread of FID over training seeds in a preset sweep (`bench/quickstart/sweep.json`: rows `base`, and rows whose
+    overrides add only `training.seed=...`): mean, sd, and sd as a share of the mean (`cv`), which `results_summary`
+    carries over to the study's FIDs; None with fewer than two seeds."""
+    rows = json.loads(Path(sweep).read_text())['rows']
+    base = next((r for r in rows if r['name'] == 'base'), None)
+    if base is None: return None
+    fids = [r['fid'] for r in rows if {o for o in r['overrides'] if not o.startswith('training.seed=')} == set(base['overrides'])]
+    if len(fids) < 2: return None
+    mean, sd = float(np.mean(fids)), float(np.std(fids, ddof=1))
+    return {'n': len(fids), 'mean': mean, 'sd': sd, 'cv': sd / mean, 'min': float(min(fids)), 'max': float(max(fids)),
+            'source': str(sweep)}
+
+def summarize(root='bench/fashion_mnist', out=None, *, seed_sweep=None) -> dict:
     """Everything the study has finished so far, as one JSON-ready dict (written to `out` when given): the training
-    budgets, every scored cell, bits/dim, the priors' fits and the t_m sweep."""
+    budgets, every scored cell, bits/dim, the priors' fits, the t_m sweep, and (from `seed_sweep`, a preset sweep with
+    several training seeds, where given) the training seeds' spread that `results_summary` judges gaps against."""
     root = Path(root)
     runs = {d.parent.name: json.loads(d.read_text()) for d in sorted(root.glob('runs/*/run.json'))}
     for r in runs.values(): r['t_m'] = r.pop('config')['sde']['t_m']
     res = {'dinof_version': dinof.__version__, 'preset': PRESET, 'runs': runs, 'points': _load_dir(root / 'points'),
            'speed': json.loads((root / 'speed.json').read_text()) if (root / 'speed.json').is_file() else None,
            'bpd': _load_dir(root / 'bpd'), 'fits': {f.stem: json.loads(f.read_text()) for f in sorted((root / 'fits').glob('*.json'))}
-           if (root / 'fits').is_dir() else {}}
+           if (root / 'fits').is_dir() else {}, 'training_spread': training_spread(seed_sweep) if seed_sweep else None}
     res['schedules'] = _best_schedules([p for p in res['points'] if p['model'] in ('baseline', 'dinof') and p['nfe_target'] == 20
                                         and p['seed'] == 0 and p['method'] != 'pc' and p['setting'] == 'grid'])
     if out is not None: _json_write(Path(out), res)
     return res
+
 
 # %% ../nbs/12_bench.ipynb #53b1484d
 def _grid_points(res: dict, model: str, method: str) -> dict[int, list[dict]]:
@@ -498,10 +615,63 @@ def _kid(res: dict, model: str, method: str, nfe: int) -> float:
     "Mean KID of one grid cell over its seeds."
     return float(np.mean([p['kid'] for p in _grid_points(res, model, method)[nfe]]))
 
+def _noise(res: dict) -> dict:
+    """The spread the study knows of: the sampling seeds' sd of FID, pooled over the grid cells of the two models drawn with
+    several seeds, and the training seeds' sd as a share of FID (`res['training_spread']`, where a seed sweep gave it)."""
+    var = [float(np.var(v, ddof=1)) for mo in ('baseline', 'dinof') for me in METHODS for ps in _grid_points(res, mo, me).values()
+           if len(v := [p['fid'] for p in ps]) > 1]
+    tr = res.get('training_spread') or {}
+    return {'sampling_sd': float(np.mean(var)) ** .5 if var else 0., 'sampling_cells': len(var),
+            'training_cv': tr.get('cv', 0.), 'training_n': tr.get('n', 0)}
+
+def _beyond(noise: dict, a: float, b: float) -> tuple[bool, float]:
+    """Whether FIDs `a` and `b` (one draw each) differ by more than twice the sd of their difference, and that limit: each
+    carries the sampling seeds' variance and the training seeds' (`cv` x FID). No spread known: never."""
+    lim = 2 * sum(noise['sampling_sd'] ** 2 + (noise['training_cv'] * f) ** 2 for f in (a, b)) ** .5
+    return lim > 0 and abs(a - b) > lim, lim
+
+def _noise_words(noise: dict) -> str:
+    s = f"the sampling seeds' sd, {noise['sampling_sd']:.1f} FID pooled over {noise['sampling_cells']} cells" if noise['sampling_cells'] else ''
+    if noise['training_cv']: s += (', and ' if s else '') + f"the training seeds', {100 * noise['training_cv']:.0f}% of FID over {noise['training_n']} seeds of the quickstart's preset"
+    return s
+
+def _bpd_sentence(res: dict) -> str:
+    "Test bits/dim of both models; with per-image values on the same images, the paired difference and its standard error."
+    s = 'Test bits/dim through the probability-flow ODE: ' + ', '.join(
+        f"{_label(res, 'dinof' if b['prior'] == 'flow' else 'baseline')} {b['bpd']:.3f} ± {b['bpd_se']:.3f} (n = {b['n']})" for b in res['bpd'])
+    if len(res['bpd']) != 2: return s + '.'
+    a, b = sorted(res['bpd'], key=lambda r: r['prior'] == 'flow')   # the baseline's, DiNof's
+    if 'bpd_each' in a and 'bpd_each' in b and (a['n'], a['seed']) == (b['n'], b['seed']):
+        d = np.asarray(b['bpd_each']) - np.asarray(a['bpd_each'])
+        m, se = float(d.mean()), float(d.std(ddof=1) / len(d) ** .5)
+        s += (f"; paired on the same images, dequantisation and probes, DiNof minus the baseline is {m:+.3f} ± {se:.3f} bits/dim "
+              f"(standard error; sd {float(d.std(ddof=1)):.3f}), DiNof lower on {int((d < 0).sum())} of {len(d)} images: "
+              + ('within two standard errors of zero, the test bits/dim do not separate the two' if abs(m) < 2 * se else
+                 f"{abs(m) / se:.0f} standard errors from zero, the test bits/dim separate the two ({'DiNof' if m < 0 else 'the baseline'} lower)"))
+    elif abs(a['bpd'] - b['bpd']) < (a['bpd_se'] ** 2 + b['bpd_se'] ** 2) ** .5:
+        s += ' (a difference within one standard error of the difference, unpaired)'
+    return s + '.'
+
+def _speed_sentence(res: dict, pp: dict) -> str | None:
+    "The paper setting's wall-time ratio, DiNof over the baseline: `dinof bench speed`'s, with its repeats, and the paper cells' own clocks."
+    sp, out = res.get('speed'), []
+    if sp and 'paper_ratio' in sp:
+        row = next(r for r in sp['rows'] if r['setting'] == 'paper')
+        each = sp.get('paper_ratio_each', [sp['paper_ratio']])
+        rep = (f'median of {len(each)} interleaved repeats, {min(each):.2f} to {max(each):.2f}' if len(each) > 1 else 'one repeat')
+        out.append(f"{sp['paper_ratio']:.2f} by `dinof bench speed` ({rep}; {sp['device']}, {sp['threads']} threads, batch {row['n']})")
+    if len(pp) == 2 and all('sampling_seconds' in p for p in pp.values()) and len({p.get('device', 'cpu') for p in pp.values()}) == 1:
+        out.append(f"{pp['dinof']['sampling_seconds'] / pp['baseline']['sampling_seconds']:.2f} by the paper cells' own clocks "
+                   f"({pp['dinof'].get('device', 'cpu')}, N = {pp['dinof']['n']})")
+    return "Wall time at the paper's setting, DiNof over the baseline: " + '; '.join(out) + '.' if out else None
+
 def results_summary(res: dict) -> str:
     """What the study's finished cells say, in Markdown: which prior has the lower FID at equal NFE and by how much (over
-    every grid cell both models have), the paper's setting, test bits/dim, speed; and what is still to come."""
+    every grid cell both models have), in how many cells the gap is beyond the noise the study knows of (`_noise`), the
+    paper's setting (a winner named only beyond that noise), test bits/dim (paired where stored per image), speed; and
+    what is still to come."""
     both, out = [], []
+    noise = _noise(res)
     for me in METHODS:
         a, b = _grid(res, 'baseline', me), _grid(res, 'dinof', me)
         both += [(me, f, a[f][1], b[f][1]) for f in NFES if f in a and f in b]
@@ -516,50 +686,65 @@ def results_summary(res: dict) -> str:
         other = [(me, f, ka, kb) for me, f, ka, kb, fid_says in kids if (kb < ka) != fid_says]
         if other: s += '; KID ranks the two the other way at ' + ', '.join(f'{me} NFE {f} (baseline {ka:.2f}, DiNof {kb:.2f})' for me, f, ka, kb in other)
         out.append(s + '.')
+        if _noise_words(noise):
+            judged = [(c, *_beyond(noise, c[2], c[3])) for c in both]
+            within = [(c, lim) for c, ok, lim in judged if not ok]
+            s = (f'Beyond the noise the study knows of ({_noise_words(noise)}; a gap counts when it exceeds twice the sd of a '
+                 f"difference): DiNof is ahead in {sum(ok and c[3] < c[2] for c, ok, _ in judged)}, the baseline in "
+                 f"{sum(ok and c[2] < c[3] for c, ok, _ in judged)}")
+            if within: s += '; within it at ' + ', '.join(f'{me} NFE {f} ({a:.1f} against {b:.1f}, limit {lim:.1f})' for (me, f, a, b), lim in within)
+            out.append(s + '.')
+        else: out.append('No spread over seeds is stored, so no gap is judged beyond the noise.')
     pp = {p['model']: p for p in res['points'] if p['setting'] == 'paper'}
     if len(pp) == 2:
         w, l = sorted(pp.values(), key=lambda p: p['fid'])
+        ok, lim = _beyond(noise, w['fid'], l['fid'])
         kid = '' if (w['kid'] < l['kid']) else f"; KID ranks them the other way ({w['kid']:.2f} against {l['kid']:.2f})"
-        out.append(f"At the paper's setting (PC, N steps from T against N t_m / T from t_m) {'the baseline' if w['model'] == 'baseline' else 'DiNof'} "
-                   f"has the lower FID: {w['fid']:.1f} at NFE {w['nfe']} against {l['fid']:.1f} at NFE {l['nfe']} (N = {w['n']}){kid}.")
+        setting = "At the paper's setting (PC, N steps from T against N t_m / T from t_m)"
+        if ok: out.append(f"{setting} {'the baseline' if w['model'] == 'baseline' else 'DiNof'} has the lower FID beyond the noise: "
+                          f"{w['fid']:.1f} at NFE {w['nfe']} against {l['fid']:.1f} at NFE {l['nfe']} (N = {w['n']}; limit {lim:.1f}){kid}.")
+        else: out.append(f"{setting} neither is ahead beyond the noise: " + ', '.join(
+            f"{'the baseline' if p['model'] == 'baseline' else 'DiNof'} {p['fid']:.1f} at NFE {p['nfe']} (KID {p['kid']:.2f})" for p in (pp['baseline'], pp['dinof']))
+            + f", N = {w['n']}; the gap, {l['fid'] - w['fid']:.1f}, is " + (f'within twice the sd of a difference, {lim:.1f}.' if lim else 'unjudged: no spread is stored.'))
     elif pp: out.append("The paper's setting (PC, N steps from T against N t_m / T from t_m): " + ', '.join(
         f"{_label(res, k)} FID {p['fid']:.1f} at NFE {p['nfe']} (N = {p['n']})" for k, p in sorted(pp.items())) + '.')
-    if res['bpd']:
-        s = 'Test bits/dim through the probability-flow ODE: ' + ', '.join(
-            f"{_label(res, 'dinof' if b['prior'] == 'flow' else 'baseline')} {b['bpd']:.3f} ± {b['bpd_se']:.3f} (n = {b['n']})" for b in res['bpd'])
-        if len(res['bpd']) == 2:
-            a, b = res['bpd']
-            s += (' (a difference within one standard error of the difference, unpaired)' if abs(a['bpd'] - b['bpd']) < (a['bpd_se'] ** 2 + b['bpd_se'] ** 2) ** .5
-                  else '')
-        out.append(s + '.')
+    if res['bpd']: out.append(_bpd_sentence(res))
     sp = res.get('speed')
-    if sp and 'paper_ratio' in sp:
-        out.append(f"Wall time at the paper's setting, DiNof over the baseline: {sp['paper_ratio']:.2f} (`dinof bench speed`, batch {sp['rows'][0]['n']}).")
+    if (s := _speed_sentence(res, pp)): out.append(s)
     todo = 2 * len(METHODS) * len(NFES) - sum(len(_grid(res, mo, me)) for me in METHODS for mo in ('baseline', 'dinof'))
     missing = [w for w, done in ((f'{todo} grid cells', todo == 0), ("the paper's setting", len(pp) == 2),
                                  ('bits/dim', len(res['bpd']) >= 2), ('the speed measurement', bool(sp))) if not done]
     if missing: out.append('Still to come: ' + ', '.join(missing) + '.')
     return ' '.join(out)
 
+
 # %% ../nbs/12_bench.ipynb #e92822df
 def bench_speed(models: dict, *, n: int = 64, nfes: Sequence[int] = NFES, method: str = 'pc', repeats: int = 1,
                 paper: bool = True, progress: bool = False) -> dict:
     """Images per second of each `{name: (Models, prior)}` at each NFE (`method`, the flow's decoding included), timed in
-    this process one after the other, and the wall-time ratio of the paper's setting (PC, N steps from T vs N t_m / T from t_m)."""
-    rows = []
+    this process, and the wall-time ratio of the paper's setting (PC, N steps from T vs N t_m / T from t_m). Each repeat
+    times every cell once, the models interleaved, so that a change of the machine's load falls on both; a row keeps
+    its fastest time and every repeat's (`seconds_each`), and `paper_ratio` is the median of the repeats' ratios
+    (`paper_ratio_each`)."""
+    check('repeats', is_int(repeats, 1), f'must be an integer >= 1, got {repeats!r}')
     plan = [(k, m, p, f) for f in nfes for k, (m, p) in models.items()]
     if paper and method == 'pc':
         plan += [(k, m, p, ('paper', int(round(m.sde.N * (m.t_m if p == 'flow' else m.sde.T) / m.sde.T)))) for k, (m, p) in models.items()]
-    for k, m, p, f in Progress(plan, progress, what='speed cell'):
-        steps = f[1] if isinstance(f, tuple) else steps_for_nfe(m, p, method, f)[0]
-        best = float('inf')
-        for _ in range(repeats):
-            t0 = time.perf_counter(); r = m.sample(n, p, seed=0, method=method, steps=steps); best = min(best, time.perf_counter() - t0)
-        rows.append({'model': k, 'prior': p, 'method': method, 'steps': steps, 'nfe': r.nfe, 'n': n, 'seconds': round(best, 3),
-                     'images_per_s': round(n / best, 2), 'setting': 'paper' if isinstance(f, tuple) else 'grid'})
+    steps = [f[1] if isinstance(f, tuple) else steps_for_nfe(m, p, method, f)[0] for k, m, p, f in plan]
+    times, nfe = [[] for _ in plan], [0] * len(plan)
+    for r in Progress(range(repeats * len(plan)), progress, what='speed cell'):
+        i = r % len(plan)
+        k, m, p, f = plan[i]
+        t0 = time.perf_counter(); res = m.sample(n, p, seed=0, method=method, steps=steps[i]); times[i].append(time.perf_counter() - t0)
+        nfe[i] = res.nfe
+    rows = [{'model': k, 'prior': p, 'method': method, 'steps': steps[i], 'nfe': nfe[i], 'n': n, 'seconds': round(min(times[i]), 3),
+             'seconds_each': [round(t, 3) for t in times[i]], 'images_per_s': round(n / min(times[i]), 2),
+             'setting': 'paper' if isinstance(f, tuple) else 'grid'} for i, (k, m, p, f) in enumerate(plan)]
     out = {'rows': rows, 'threads': torch.get_num_threads(), 'device': str(next(next(iter(models.values()))[0].score_model.parameters()).device)}
     pp = {r['model']: r for r in rows if r['setting'] == 'paper'}
     if len(pp) == 2 and 'baseline' in pp:
         other = next(k for k in pp if k != 'baseline')
-        out['paper_ratio'] = round(pp[other]['seconds'] / pp['baseline']['seconds'], 3)
+        each = [a / b for a, b in zip(pp[other]['seconds_each'], pp['baseline']['seconds_each'])]
+        out['paper_ratio'], out['paper_ratio_each'] = round(float(np.median(each)), 3), [round(e, 3) for e in each]
     return out
+

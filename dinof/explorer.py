@@ -9,13 +9,15 @@ from pathlib import Path
 import torch
 from .core import check, fail, is_int
 from .bench import generate, load_exported, steps_for_nfe
+from .sampling import DEFAULT_SCHEDULES
 from .train import Models
 
 # %% auto #0
-__all__ = ['GAUSSIAN', 'JOINT', 'SEPARATE', 'NFE_CHOICES', 'EXPLORER_METHODS', 'load_sources', 'draw', 'Explorer']
+__all__ = ['GAUSSIAN', 'JOINT', 'SEPARATE', 'MOMENTS', 'NFE_CHOICES', 'EXPLORER_METHODS', 'load_sources', 'draw', 'Explorer']
 
 # %% ../nbs/14_explorer.ipynb #16f3d8e0
 GAUSSIAN, JOINT, SEPARATE = 'Gaussian at T (baseline)', 'flow at t_m, joint (DiNof)', 'flow at t_m, on the baseline score net'   # the sources
+MOMENTS = "moment Gaussian at t_m, on DiNof's score net"   # the training set's two moments at t_m: no flow (dinof.sampling.MomentPrior)
 NFE_CHOICES = (10, 20, 50, 100, 200)   # the NFE budgets on the slider, the study's grid
 EXPLORER_METHODS = ('pc', 'euler', 'heun', 'dpm1', 'dpm2', 'dpm3')   # rk45 is adaptive: its NFE is not chosen
 
@@ -28,6 +30,7 @@ def load_sources(folder='bench/fashion_mnist/models', *, device=None) -> dict[st
         m = load_exported(folder / 'baseline.pt', device=device); out[GAUSSIAN] = {float(m.sde.T): (m, 'gaussian')}
     if (folder / 'dinof.pt').is_file():
         m = load_exported(folder / 'dinof.pt', device=device); out[JOINT] = {round(m.t_m, 6): (m, 'flow')}
+        out[MOMENTS] = {round(m.t_m, 6): (m, 'moments')}
     sep = {}
     for f in sorted(folder.glob('flow_tm*.pt')):
         m = load_exported(f, device=device); sep[round(m.t_m, 6)] = (m, 'flow')
@@ -46,15 +49,18 @@ def _png(images: torch.Tensor) -> bytes:
 
 def draw(models: Models, prior: str, *, nfe: int = 50, method: str = 'pc', temperature: float = 1., seed: int = 0,
          n: int = 36) -> dict:
-    "One grid of `n` samples within `nfe` network evaluations: `{'png', 'images', 'nfe', 'steps', 'seconds'}`."
+    """One grid of `n` samples within `nfe` network evaluations, on the method's default time grid (`DEFAULT_SCHEDULES`: the
+    study's choice, log-SNR for the ODE solvers; PC's steps are uniform), whatever schedule the models' config names:
+    `{'png', 'images', 'nfe', 'steps', 'schedule', 'seconds'}`."""
     check('method', method in EXPLORER_METHODS, f'must be one of {", ".join(EXPLORER_METHODS)}, got {method!r}')
     check('temperature', isinstance(temperature, (int, float)) and 0 < temperature <= 2, f'must be in (0, 2], got {temperature!r}')
     check('seed', is_int(seed, 0), f'must be an integer >= 0, got {seed!r}')
-    steps, _ = steps_for_nfe(models, prior, method, nfe)
+    schedule = DEFAULT_SCHEDULES.get(method, 'uniform')
+    steps, _ = steps_for_nfe(models, prior, method, nfe, schedule)
     t0 = time.perf_counter()
-    images, used = generate(models, n, seed=seed, prior=prior, method=method, steps=steps, batch_size=n,
+    images, used = generate(models, n, seed=seed, prior=prior, method=method, steps=steps, schedule=schedule, batch_size=n,
                             **({'temperature': float(temperature)} if prior == 'flow' else {}))
-    return {'png': _png(images), 'images': images, 'nfe': used, 'steps': steps, 'seconds': time.perf_counter() - t0}
+    return {'png': _png(images), 'images': images, 'nfe': used, 'steps': steps, 'schedule': schedule, 'seconds': time.perf_counter() - t0}
 
 # %% ../nbs/14_explorer.ipynb #c2b476d5
 class Explorer:

@@ -59,3 +59,30 @@ def test_the_explorer_over_the_committed_models_redraws_on_every_change():
         assert len(tms) >= 2 and tms == sorted(tms)
         ex.t_m.value = tms[0]
         assert ex.draws[-1]['t_m'] == tms[0] and ex.draws[-1]['prior'] == SEPARATE
+
+
+@pytest.mark.parametrize('method', ['dpm2', 'heun', 'pc'])
+def test_draw_samples_on_the_methods_default_schedule(method):
+    "Issue 21 item 5: the exported models carry `sampling.schedule='uniform'`; `draw` (and the front page's grids) use the method's default."
+    from dinof.bench import generate, steps_for_nfe
+    from dinof.sampling import DEFAULT_SCHEDULES
+    m = load_exported(MODELS / 'baseline.pt', device='cpu')
+    assert m.config.sampling.schedule == 'uniform'
+    schedule = DEFAULT_SCHEDULES.get(method, 'uniform')
+    d = draw(m, 'gaussian', nfe=10, method=method, n=3, seed=1)
+    steps, _ = steps_for_nfe(m, 'gaussian', method, 10)
+    want, nfe = generate(m, 3, seed=1, prior='gaussian', method=method, steps=steps, schedule=schedule, batch_size=3)
+    assert torch.equal(d['images'], want) and (d['nfe'], d['schedule'], d['steps']) == (nfe, schedule, steps)
+    if method != 'pc':   # on the uniform grid it is another picture
+        other, _ = generate(m, 3, seed=1, prior='gaussian', method=method, steps=steps, schedule='uniform', batch_size=3)
+        assert not torch.equal(other, want)
+
+
+def test_the_explorer_quotes_the_stored_schedule_cells():
+    "The figures 14_explorer gives for DPM-Solver-2 at NFE 19 on each grid are the committed cells'."
+    pts = MODELS.parent / 'points'
+    fid = {(m, s): json.loads((pts / m / f'grid-dpm2-{s}-nfe20-n2000-seed0.json').read_text())['fid'] for m in ('baseline', 'dinof') for s in ('uniform', 'logsnr')}
+    nb = json.loads((MODELS.parents[2] / 'nbs' / '14_explorer.ipynb').read_text())
+    text = ' '.join(' '.join(''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown').split())
+    assert (f"({fid['baseline', 'uniform']:.1f} against {fid['baseline', 'logsnr']:.1f} for the baseline, "
+            f"{fid['dinof', 'uniform']:.1f} against {fid['dinof', 'logsnr']:.1f} for DiNof)") in text
