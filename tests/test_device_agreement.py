@@ -63,3 +63,24 @@ def test_the_data_prior_draws_the_forward_marginal_exactly():
     alpha = np.exp(log_mean); sigma = np.sqrt(1 - np.exp(2 * log_mean))
     assert torch.allclose(got, alpha * x0 + sigma * z, atol=1e-6)
     assert torch.equal(p.sample(3, generator=PerSampleGenerator(sample_seeds(3, 3, 0))), got[:3])   # a prefix draws the same rows
+
+
+def test_a_cell_without_kept_samples_is_redrawn_whole_and_scored(tmp_path):
+    "`--redraw MODEL/CELL`: a PC cell (fresh noise at every step) that kept no samples, drawn again whole: the same FID on the same device."
+    from dinof.bench import domain_scores
+    quickstart(tmp_path / 'qs', steps=1, n_samples=2, progress=False, device='cpu', overrides=TINY)
+    m = load_models(find_checkpoint(tmp_path / 'qs'), device='cpu')
+    root = tmp_path / 'study'
+    export_models(m, root / 'models' / 'dinof.pt', 'tiny')
+    x, nfe = generate(m, 8, seed=1, batch_size=8, prior='flow', method='pc', steps=3, schedule='uniform')
+    s = domain_scores(x)
+    cell = root / 'points' / 'dinof' / 'grid-pc-uniform-nfe3-n8-seed1.json'
+    cell.parent.mkdir(parents=True)
+    cell.write_text(json.dumps({'model': 'dinof', 'seed': 1, 'prior': 'flow', 'method': 'pc', 'steps': 3, 'schedule': 'uniform',
+                                'sampler_settings': {}, 'compiled': False, 'n': 8, 'fid': s['fid'], 'kid': s['kid'], 'device': 'cuda'}))
+    out = tmp_path / 'a.json'
+    assert _tool().main(['--root', str(root), '--device', 'cpu', '--batch-size', '3', '--redraw', 'dinof/grid-pc-uniform-nfe3-n8-seed1',
+                         '--out', str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert (row['method'], row['n'], row['nfe'], row['n_compared'], row['device_then']) == ('pc', 8, nfe, 0, 'cuda')
+    assert abs(row['fid_now'] - row['fid_then']) < 1e-3, row
