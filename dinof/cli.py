@@ -223,7 +223,8 @@ def _train(args):
     if t.rank == 0: print(f'step {t.step}: {t.last_checkpoint}')
     return 0
 
-PRIORS = {'flow': 'the flow at t_m (DiNof)', 'gaussian': 'the Gaussian at T'}   # --prior: a name Models.prior knows -> its help
+PRIORS = {'flow': 'the flow at t_m (DiNof)', 'gaussian': 'the Gaussian at T',
+          'moments': "the Gaussian with the training set's first two moments at t_m (no flow; computed once, cached)"}   # --prior: a name Models.prior knows -> its help
 
 def _sampling_args(p):
     p.add_argument('--checkpoint', required=True,
@@ -449,7 +450,8 @@ def _quickstart(args):
 
 # %% ../nbs/11_cli.ipynb #a2a59bf7
 def _bench_args(p):
-    p.add_argument('what', choices=('quality', 'speed'), help='quality: the FID-vs-NFE study (resumable); speed: images/s of both models at each NFE')
+    p.add_argument('what', choices=('quality', 'speed', 'prior'),
+                   help='quality: the FID-vs-NFE study (resumable); speed: images/s of both models at each NFE; prior: the prior ladder (resumable)')
     p.add_argument('--root', default='bench/fashion_mnist', help='folder of the study (default: bench/fashion_mnist)')
     p.add_argument('--steps', type=int, default=2000, help='training steps of each model (quality; default: 2000)')
     p.add_argument('--n', type=int, default=None, help='samples per cell (quality; default 2000) or per timing (speed; default 64)')
@@ -457,9 +459,14 @@ def _bench_args(p):
     p.add_argument('--compile', action='store_true', help='sample through torch.compile (quality; ~1.4x faster on a CPU, needs a C compiler)')
     p.add_argument('--batch-size', type=int, default=None,
                    help="samples drawn at once (quality; default: the preset's sampling.batch_size; the samples do not depend on it)")
+    p.add_argument('--score', default='dinof', help="prior: the study's model whose score network samples (root/models/SCORE.pt; default: dinof)")
+    p.add_argument('--rungs', default=None, help='prior: comma-separated rungs (default: all of dinof.ladder.RUNGS)')
+    p.add_argument('--settings', default='dpm2,paper', help='prior: comma-separated sampler settings of dinof.ladder.SETTINGS (default: dpm2,paper)')
+    p.add_argument('--flow-steps', type=int, default=1500, help='prior: training steps of the flows the ladder trains (default: 1500)')
+    p.add_argument('--t-m', type=float, default=None, help="prior: a cut-off below the score network's own (default: its own)")
     _device_progress(p)
 
-@command('bench', 'The Fashion-MNIST study: DiNof against the Gaussian prior at equal NFE (quality), or the samplers\' speed (speed).', _bench_args)
+@command('bench', 'The Fashion-MNIST study: DiNof against the Gaussian prior at equal NFE (quality), the samplers\' speed (speed), or the prior ladder (prior).', _bench_args)
 def _bench(args):
     import json
     from pathlib import Path
@@ -474,6 +481,15 @@ def _bench(args):
     get_device(args.device)
     _writable_folder(args.root, '--root')
     root = Path(args.root)
+    if args.what == 'prior':
+        from dinof.ladder import RUNGS, bench_prior, ladder_table, load_ladder
+        _positive('--flow-steps', args.flow_steps)
+        f = root / 'models' / f'{args.score}.pt'
+        if not f.is_file(): raise FileNotFoundError(f'--score: {f} does not exist (the study\'s exported models are in {root / "models"})')
+        rungs = tuple(args.rungs.split(',')) if args.rungs else RUNGS
+        bench_prior(root, args.score, rungs, tuple(args.settings.split(',')), flow_steps=args.flow_steps, t_m=args.t_m, device=args.device)
+        print(ladder_table(load_ladder(root), args.score if args.t_m is None else f'{args.score}-tm{args.t_m:g}'))
+        return 0
     if args.what == 'quality':
         try: res = bench_quality(root, steps=args.steps, n=args.n or 2000, overrides=tuple(args.set), progress=not args.no_progress,
                                  device=args.device, compile=args.compile, batch_size=args.batch_size)

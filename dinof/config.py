@@ -98,6 +98,8 @@ class FlowConfig:
     split_prior: str = _f('learned', ('learned', 'conditional', 'none'))
     dim: int | None = _f(None, lo=1, doc='coupling flow only; None: the data dimension')
     checkpoint: bool = _f(False, doc="glow only: recompute each step's activations in the backward pass (activation checkpointing)")
+    base: str = _f('standard', ('standard', 'moments'), doc="the flow's base: N(0, I), or the Gaussian with the first two moments of x(t_m) (the flow models its whitened residual; set from the training set before training)")
+    base_rank: int | None = _f(None, lo=0, doc='moment base: principal directions kept beside the diagonal; None: the full covariance up to 4,096 dimensions, else 128')
 
 @dataclass
 class TrainingConfig:
@@ -144,7 +146,8 @@ class OptimConfig:
 @dataclass
 class SamplingConfig:
     "How samples are drawn: the prior at t_m, then `dinof.sampling.hybrid_sample` with these options (`sampling_kwargs()`)."
-    prior: str = _f('flow', ('flow', 'gaussian'))
+    prior: str = _f('flow', ('flow', 'gaussian', 'moments'), doc="'moments': the Gaussian with the training set's first two moments at t_m (no flow)")
+    moment_rank: int | None = _f(None, lo=0, doc="prior 'moments': as flow.base_rank")
     temperature: float = _f(1., lo=0, lo_open=True, doc="the prior's temperature")
     method: str = _f('pc', METHODS)
     predictor: str = _f('auto', ('auto', *PREDICTORS), doc=_AUTO)
@@ -305,6 +308,8 @@ class Config:
                      f' is not divisible by 2**(len(model.ch_mult)-1) = {down}')
             if d.image_size % 2 ** fl.levels: fail('flow.levels', f'{fl.levels} squeezes need data.image_size divisible by {2 ** fl.levels}, got {d.image_size}')
         if fl.checkpoint and fl.name != 'glow': fail('flow.checkpoint', f"only the glow flow checkpoints its steps, not {fl.name!r}")
+        if d.dataset == 'toy2d' and (fl.base == 'moments' or sa.prior == 'moments'):
+            fail('flow.base' if fl.base == 'moments' else 'sampling.prior', "the moment Gaussian is computed from an image dataset, not toy2d")
         if m.scale_by_sigma and sde.type != 'vesde':
             fail('model.scale_by_sigma', f"divides by the noise level, which only a 'vesde' network's labels carry; set it to false or None (auto) for {sde.type!r}")
         if m.embedding_type == 'fourier' and not tr.continuous:
@@ -336,9 +341,16 @@ class Config:
         "Keyword arguments for `dinof.flow.build`: `{'name': 'glow', 'in_shape': ..., ...}` or `{'name': 'coupling', 'dim': ...}`."
         f, d = self.flow, self.data
         if f.name == 'coupling':
-            return dict(name='coupling', dim=f.dim or (2 if d.dataset == 'toy2d' else d.num_channels * d.image_size ** 2), depth=f.depth, hidden=f.hidden)
-        return dict(name='glow', in_shape=(d.num_channels, d.image_size, d.image_size), levels=f.levels, depth=f.depth,
-                    hidden=f.hidden, coupling=f.coupling, split_prior=f.split_prior, checkpoint=f.checkpoint)
+            out = dict(name='coupling', dim=f.dim or (2 if d.dataset == 'toy2d' else d.num_channels * d.image_size ** 2), depth=f.depth, hidden=f.hidden)
+            return out if f.base == 'standard' else {**out, 'base': f.base, 'base_rank': f.base_rank}
+        out = dict(name='glow', in_shape=(d.num_channels, d.image_size, d.image_size), levels=f.levels, depth=f.depth,
+                   hidden=f.hidden, coupling=f.coupling, split_prior=f.split_prior, checkpoint=f.checkpoint)
+        return out if f.base == 'standard' else {**out, 'base': f.base, 'base_rank': self.moment_rank(f.base_rank)}
+
+    def moment_rank(self, rank: int | None) -> int | None:
+        "The rank of a moment Gaussian: `rank`, or for None the full covariance (None) up to 4,096 dimensions, else 128."
+        D = math.prod(self.data_shape)
+        return rank if rank is not None else (None if D <= 4096 else 128)
 
     def build_sde(self):
         "The forward SDE of the `sde` section (`dinof.sde.VESDE` / `VPSDE` / `SubVPSDE`)."

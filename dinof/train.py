@@ -20,11 +20,12 @@ from .config import Config, get_config
 from .core import PerSampleGenerator, Progress, check, describe_load_error, fail, get_device, log_prob_to_bpd, scale_data, uniform_dequantize
 from .data import Loader, Toy2D, _Failed, _Guarded, _collate, forever, get_dataset
 from .losses import DiNofLoss, flow_input, flow_time
-from .sampling import FlowPrior, GaussianPrior, SampleResult, hybrid_sample
+from .sampling import FlowPrior, GaussianPrior, MomentPrior, SampleResult, dataset_moments, hybrid_sample
 
 # %% auto #0
 __all__ = ['RESUME_FREE', 'EMA', 'save_checkpoint', 'load_checkpoint', 'find_checkpoint', 'load_score_network', 'Models',
-           'load_models', 'save_samples', 'Trainer', 'sliced_wasserstein', 'read_log', 'plot_log', 'LossPlot']
+           'training_moments', 'load_models', 'save_samples', 'Trainer', 'sliced_wasserstein', 'read_log', 'plot_log',
+           'LossPlot']
 
 # %% ../nbs/10_train.ipynb #ebc350d6
 _DATA, _NOISE, _DEQUANT, _DROPOUT, _INIT, _ACTNORM = range(1, 7)   # salts: one independent stream per use
@@ -381,11 +382,19 @@ class Models:
         return flow_time(self.sde, L.t_m, L.faithful) if L.continuous else L.t_m
 
     def prior(self, kind: str | None = None, temperature: float | None = None):
-        "The flow prior at `t_m` (`'flow'`) or the SDE's Gaussian at `T` (`'gaussian'`); default: `config.sampling.prior`."
+        "The flow prior at `t_m` (`'flow'`), the moment Gaussian at `t_m` (`'moments'`) or the SDE's Gaussian at `T` (`'gaussian'`); default: `config.sampling.prior`."
         s = self.config.sampling
         kind = s.prior if kind is None else kind
-        check('prior', kind in ('flow', 'gaussian'), f"must be 'flow' or 'gaussian', got {kind!r}")
+        check('prior', kind in ('flow', 'gaussian', 'moments'), f"must be 'flow', 'gaussian' or 'moments', got {kind!r}")
         if kind == 'gaussian': return GaussianPrior(self.sde, self.config.data_shape)
+        if kind == 'moments':   # the training set's moments (computed once, cached on disk and on this object) at t_m
+            c, key = self.config, ('moments', self.config.moment_rank(s.moment_rank), self.t_m)
+            if key in self.__dict__.get('_priors', {}): return self._priors[key]
+            if c.data.dataset == 'toy2d': fail('prior', "'moments' needs an image dataset, not toy2d")
+            data = get_dataset(c.data.dataset, root=c.data.root, split='train', image_size=c.data.image_size, num_channels=c.data.num_channels)
+            dev = next(self.score_model.parameters()).device
+            self.__dict__.setdefault('_priors', {})[key] = MomentPrior(training_moments(c, data, key[1]), self.sde, self.t_m).to(dev)
+            return self._priors[key]
         return FlowPrior(self.flow, self.t_m, s.temperature if temperature is None else temperature)
 
     def sample(self, n: int = 64, prior: str | None = None, *, seed: int = 0, temperature: float | None = None,
@@ -402,6 +411,10 @@ class Models:
         parts = [hybrid_sample(p, self.sde, self.score_model, min(c, n - i), seed=seed, first=first + i, device=dev, **kw)
                  for i in range(0, n, c)]
         return SampleResult(torch.cat([r.samples for r in parts]), max(r.nfe for r in parts))
+
+def training_moments(cfg: Config, data, rank: int | None):
+    "`dinof.sampling.dataset_moments` of the training set `data` as the trainer sees it (model space, flips), cached."
+    return dataset_moments(data, centered=cfg.resolved().data.centered, rank=rank, flip=cfg.data.random_flip)
 
 def _build_nets(cfg: Config):
     sde = cfg.build_sde()
@@ -539,6 +552,11 @@ class Trainer:
         z = torch.randn(x0.shape, generator=g)
         L = self.loss_fn
         x_tm = flow_input(self.sde, x0, z, L.t_m, L.continuous, L.faithful)
+        base = getattr(self.flow, 'base', None)
+        if isinstance(base, flows.AffineGaussian) and not bool(base.initialized):   # flow.base='moments': the training set's Gaussian at t_m
+            t_flow = flow_time(self.sde, L.t_m, L.faithful) if L.continuous else L.t_m
+            a, sd = (float(v) for v in self.sde.marginal_coeffs(torch.tensor([t_flow], dtype=torch.float64)))
+            base.set_moments(**training_moments(self.cfg, self.data, base.rank).at(a, sd))
         self.flow.initialize(x_tm.to(self.device))
 
     def _wrap(self, module: nn.Module, trained: bool):
