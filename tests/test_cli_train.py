@@ -186,3 +186,21 @@ def test_no_ema_on_an_exported_file_is_one_line(tmp_path):
     one_line_error(dinof('sample', '--checkpoint', SHIPPED / 'dinof.pt', '--no-ema', '--out', tmp_path / 's.png'),
                    f'--no-ema: {SHIPPED}/dinof.pt is an exported models file, which holds only the EMA weights')
     assert not (tmp_path / 's.png').exists()
+
+def test_sample_the_moment_prior(tmp_path):
+    "`--prior moments` (issue 22): the training set's Gaussian at t_m under the shipped score network, no flow; equal to Models.sample."
+    from dinof.bench import load_exported
+    from dinof.cli import main
+    from dinof.core import to_uint8
+    fast = ['--n', '3', '--method', 'euler', '--steps', '2', '--no-progress', '--device', 'cpu']
+    assert main(['sample', '--checkpoint', str(SHIPPED / 'dinof.pt'), '--prior', 'moments', *fast, '--out', str(tmp_path / 'm.npz')]) == 0
+    m = load_exported(SHIPPED / 'dinof.pt', device='cpu')
+    with np.load(tmp_path / 'm.npz') as z: s = z['samples']
+    want = to_uint8(m.sample(3, 'moments', seed=0, method='euler', steps=2).samples, m.config.resolved().data.centered).numpy()
+    assert s.shape == want.shape and np.abs(s.astype(int) - want).max() <= 1
+    flow = to_uint8(m.sample(3, 'flow', seed=0, method='euler', steps=2).samples, True).numpy()
+    assert np.abs(s.astype(int) - flow).mean() > 10     # another prior: other images
+
+def test_bench_prior_bad_input_is_one_line(tmp_path):
+    one_line_error(dinof('bench', 'prior', '--root', tmp_path, '--score', 'nope'), '--score:')
+    one_line_error(dinof('bench', 'prior', '--root', SHIPPED.parent, '--rungs', 'gaussian', '--settings', 'dpm2'), 'rungs:')
