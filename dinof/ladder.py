@@ -18,7 +18,7 @@ from .config import get_config
 # %% auto #0
 __all__ = ['RUNGS', 'RUNG_LABELS', 'FLOW_SIZE', 'FLOWS', 'SETTINGS', 'StandardPrior', 'ExactPrior', 'training_images', 'digest',
            'train_flow', 'ladder_priors', 'prior_bpd', 'sample_cell', 'bench_prior', 'load_ladder', 'ladder_rows',
-           'ladder_table']
+           'ladder_table', 'sampling_spread', 'ladder_summary', 'plot_ladder']
 
 # %% ../nbs/12a_ladder.ipynb #33fca3d1
 RUNGS = ('standard', 'moments_diag', 'moments_full', 'glow_joint', 'glow_large', 'glow_moments', 'exact')
@@ -198,4 +198,66 @@ def ladder_table(cells: list[dict], score: str = 'dinof') -> str:
         b = f"{r['bpd']:.4f} +- {r['bpd_se']:.4f}" if 'bpd' in r else 'n/a (no density)'
         lines.append(f"| {r['label']} | {b} | {f(r.get('dpm2'))} | {f(r.get('paper'))} |")
     return '\n'.join(lines)
+
+def sampling_spread(root='bench/fashion_mnist', model: str = 'dinof') -> dict:
+    """The study's spread of FID over sampling seeds (sd over seeds 0-2) of `model`, per ladder setting: DPM-Solver-2
+    NFE 19 for `dpm2`, PC NFE 100 (the nearest PC cell with seeds) for `paper`. None where fewer than two seeds were drawn."""
+    out = {}
+    for setting, pattern in (('dpm2', 'grid-dpm2-logsnr-nfe20-n2000-seed*.json'), ('paper', 'grid-pc-uniform-nfe100-n2000-seed*.json')):
+        fids = [json.loads(f.read_text())['fid'] for f in sorted((Path(root) / 'points' / model).glob(pattern))]
+        out[setting] = float(torch.tensor(fids).std()) if len(fids) > 1 else None
+    return out
+
+_SETTING_WORDS = {'dpm2': 'DPM-Solver-2 at NFE 19 (N = 2000)', 'paper': "the paper's PC sampler, 600 steps from t_m (N = 1000)"}
+_LEARNED = ('glow_joint', 'glow_large', 'glow_moments')
+
+def ladder_summary(cells: list[dict], spread: dict | None = None, score: str = 'dinof') -> str:
+    """One plain paragraph from the stored cells: per sampler setting the FID from N(0, I), the moment Gaussian, the best
+    learned prior and the exact x(t_m); the share of the exact prior's gain each recovers; and whether a learned prior
+    beats the full-covariance moment Gaussian by more than the sampling-seed `spread` (`sampling_spread`)."""
+    rows, spread = {r['rung']: r for r in ladder_rows(cells, score)}, spread or {}
+    out = []
+    if {'standard', 'moments_full'} <= set(rows) and 'bpd' in rows['moments_full']:
+        learned = [r for r in _LEARNED if 'bpd' in rows.get(r, {})]
+        best = min(learned, key=lambda r: rows[r]['bpd']) if learned else None
+        s = (f"Held-out bits/dim of x(t_m): N(0, I) {rows['standard']['bpd']:.4f}, the moment Gaussian {rows['moments_full']['bpd']:.4f}")
+        if best: s += f", the best learned prior ({RUNG_LABELS[best]}) {rows[best]['bpd']:.4f}"
+        out.append(s + f" (± {rows['moments_full']['bpd_se']:.4f}, n = 1000).")
+    for setting in ('dpm2', 'paper'):
+        have = {r: rows[r][setting]['fid'] for r in RUNGS if setting in rows.get(r, {})}
+        if not {'standard', 'moments_full'} <= set(have): continue
+        parts = [f"from {RUNG_LABELS[r]} {have[r]:.1f}" for r in RUNGS if r in have]
+        s = f"With {_SETTING_WORDS[setting]}, FID " + ', '.join(parts) + '.'
+        if 'exact' in have and have['standard'] - have['exact'] > 0:
+            gain = lambda r: 100 * (have['standard'] - have[r]) / (have['standard'] - have['exact'])
+            s += ' Of the exact prior\'s gain over N(0, I), ' + ', '.join(f"{RUNG_LABELS[r]} recovers {gain(r):.0f}%" for r in RUNGS
+                                                                          if r in have and r not in ('standard', 'exact')) + '.'
+        learned = [r for r in _LEARNED if r in have]
+        if learned:
+            best = min(learned, key=lambda r: have[r])
+            d, sd = have['moments_full'] - have[best], spread.get(setting)
+            noise = f" (the sampling-seed sd here is {sd:.1f})" if sd is not None else ' (no seed spread measured here)'
+            if d > 0 and sd is not None and d > 2 * sd:
+                s += f" The best learned prior, {RUNG_LABELS[best]}, beats the moment Gaussian by {d:.1f} FID, more than twice the sampling-seed sd{noise[noise.index(' here'):-1]})."
+            elif d > 0: s += f" The best learned prior, {RUNG_LABELS[best]}, is {d:.1f} FID below the moment Gaussian: within the noise{noise}, no winner."
+            else: s += f" No learned prior beats the moment Gaussian: the best, {RUNG_LABELS[best]}, is {-d:.1f} FID above it{noise}."
+        out.append(s)
+    return ' '.join(out)
+
+def plot_ladder(cells: list[dict], score: str = 'dinof'):
+    "FID against the prior's held-out bits/dim of x(t_m), one point per rung, a panel per sampler setting; the exact x(t_m) (no density) as a line."
+    import matplotlib.pyplot as plt
+    rows = ladder_rows(cells, score)
+    fig, axs = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, setting in zip(axs, ('dpm2', 'paper')):
+        for r in rows:
+            if setting not in r: continue
+            if 'bpd' in r:
+                ax.errorbar(r['bpd'], r[setting]['fid'], xerr=r['bpd_se'], fmt='o', capsize=2)
+                ax.annotate(r['label'], (r['bpd'], r[setting]['fid']), textcoords='offset points', xytext=(5, 4), fontsize=8)
+            else: ax.axhline(r[setting]['fid'], ls='--', c='gray', lw=1, label=f"{r['label']}: {r[setting]['fid']:.1f}")
+        ax.set(title=_SETTING_WORDS[setting], xlabel='held-out bits/dim of x(t_m) under the prior', ylabel='domain FID')
+        if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
