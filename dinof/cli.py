@@ -284,22 +284,6 @@ def _generate(m, args, n: int):
         r = m.sample(min(bs, n - i), args.prior, seed=args.seed, first=i, **kw)
         yield r.samples.cpu(), r.nfe
 
-def _write_npz(path, batches, n: int, shape: tuple, dtype) -> int:
-    """Stream `n` samples, `(array, nfe)` batch by batch from `batches`, into the `.npz` `path` as `numpy.savez` would write
-    them (one member `samples.npy`, uncompressed), through a temporary file; returns the last batch's nfe."""
-    import zipfile
-    import numpy as np
-    from dinof.train import _atomic_write
-    nfe, dtype = 0, np.dtype(dtype)
-    def write(f):
-        nonlocal nfe
-        with zipfile.ZipFile(f, 'w') as zf, zf.open('samples.npy', 'w', force_zip64=True) as g:
-            np.lib.format.write_array_header_1_0(g, {'descr': np.lib.format.dtype_to_descr(dtype), 'fortran_order': False,
-                                                     'shape': (n, *shape)})
-            for x, nfe in batches: g.write(np.ascontiguousarray(x, dtype=dtype).tobytes())
-    _atomic_write(path, write, 'the samples')
-    return nfe
-
 _PICTURE = {'images': 256, 'points': 100_000}   # the most samples a .png shows
 
 def _sample_args(p):
@@ -323,7 +307,8 @@ def _sample(args):
     kind = 'images' if len(shape) == 3 else 'points'
     if out.suffix == '.npz':   # batch by batch into the file: memory does not grow with --n
         to_array = (lambda x: to_uint8(x, centered).numpy()) if kind == 'images' else (lambda x: x.float().numpy())
-        nfe = _write_npz(out, ((to_array(x), k) for x, k in _generate(m, args, n)), n, shape, 'uint8' if kind == 'images' else 'float32')
+        from dinof.bench import write_npz   # the one .npz writer (the quickstart uses it too)
+        nfe = write_npz(out, ((to_array(x), k) for x, k in _generate(m, args, n)), n, shape, 'uint8' if kind == 'images' else 'float32')
     else:
         if n > _PICTURE[kind]:
             print(f'note: a picture shows at most {_PICTURE[kind]} {kind}; drawing the first {_PICTURE[kind]} (write an .npz for all {n})')

@@ -185,7 +185,7 @@ def ladder_rows(cells: list[dict], score: str = 'dinof') -> list[dict]:
         row = {'rung': r, 'label': RUNG_LABELS[r]}
         for c in cells:
             if c.get('score') != score or c.get('rung') != r: continue
-            if 'bpd' in c: row.update(bpd=c['bpd'], bpd_se=c['bpd_se'])
+            if 'bpd' in c: row.update(bpd=c['bpd'], bpd_se=c['bpd_se'], per_image=c.get('per_image'))
             elif 'setting' in c: row[c['setting']] = {k: c[k] for k in ('fid', 'kid', 'nfe', 'n', 'seed', 'device')}
         if len(row) > 2: rows.append(row)
     return rows
@@ -222,16 +222,20 @@ def ladder_summary(cells: list[dict], spread: dict | None = None, score: str = '
         best = min(learned, key=lambda r: rows[r]['bpd']) if learned else None
         s = (f"Held-out bits/dim of x(t_m): N(0, I) {rows['standard']['bpd']:.4f}, the moment Gaussian {rows['moments_full']['bpd']:.4f}")
         if best: s += f", the best learned prior ({RUNG_LABELS[best]}) {rows[best]['bpd']:.4f}"
-        out.append(s + f" (± {rows['moments_full']['bpd_se']:.4f}, n = 1000).")
+        s += f" (n = {len(rows['moments_full'].get('per_image') or []) or 1000} test images"
+        a, b = (rows[r].get('per_image') if r else None for r in (best, 'moments_full'))
+        if a and b and len(a) == len(b):   # the same images under both priors: the paired difference and its standard error
+            d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+            s += f"; paired difference learned - moments {float(d.mean()):+.4f} ± {float(d.std() / len(d) ** .5):.4f}"
+        out.append(s + ').')
     for setting in ('dpm2', 'paper'):
         have = {r: rows[r][setting]['fid'] for r in RUNGS if setting in rows.get(r, {})}
         if not {'standard', 'moments_full'} <= set(have): continue
-        parts = [f"from {RUNG_LABELS[r]} {have[r]:.1f}" for r in RUNGS if r in have]
-        s = f"With {_SETTING_WORDS[setting]}, FID " + ', '.join(parts) + '.'
+        s = f"With {_SETTING_WORDS[setting]}, FID " + '; '.join(f"{RUNG_LABELS[r]}: {have[r]:.1f}" for r in RUNGS if r in have) + '.'
         if 'exact' in have and have['standard'] - have['exact'] > 0:
             gain = lambda r: 100 * (have['standard'] - have[r]) / (have['standard'] - have['exact'])
-            s += ' Of the exact prior\'s gain over N(0, I), ' + ', '.join(f"{RUNG_LABELS[r]} recovers {gain(r):.0f}%" for r in RUNGS
-                                                                          if r in have and r not in ('standard', 'exact')) + '.'
+            s += " Share of the exact prior's gain over N(0, I) recovered: " + '; '.join(f"{RUNG_LABELS[r]} {gain(r):.0f}%" for r in RUNGS
+                                                                                     if r in have and r not in ('standard', 'exact')) + '.'
         learned = [r for r in _LEARNED if r in have]
         if learned:
             best = min(learned, key=lambda r: have[r])
