@@ -1,0 +1,98 @@
+"""The study's figures as stored: every marked sentence of the notebooks and README is what `tools/bench_report.py` makes
+from the committed data (an edited figure fails here), the committed cells belong to the committed models, a retrained
+model's cells are drawn again, bits/dim are stored per image, and `write_npz` writes what numpy reads."""
+import importlib.util, json, sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dinof import bench
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / 'bench' / 'fashion_mnist'
+TINY = ('model.nf=8', 'model.ch_mult=[1,2]', 'model.attn_resolutions=[]', 'flow.depth=1', 'flow.hidden=8', 'training.batch_size=16',
+        'sampling.method=dpm1', 'sampling.steps=2', 'sampling.batch_size=8', 'training.log_freq=1', 'sde.num_scales=40')
+
+
+def _report():
+    spec = importlib.util.spec_from_file_location('bench_report', ROOT / 'tools' / 'bench_report.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope='module')
+def report():
+    r = _report()
+    return r, r.facts()
+
+
+def _markdown(name: str) -> str:
+    return '\n'.join(''.join(c['source']) for c in json.loads((ROOT / 'nbs' / name).read_text())['cells'] if c['cell_type'] == 'markdown')
+
+
+@pytest.mark.parametrize('where, names', [
+    ('index.ipynb', {'qs-seeds', 'qs-variants', 'study-training', 'agreement', 'status', 'bpd-paired'}),
+    ('12_bench.ipynb', {'gauss-heldout', 'agreement'}), ('README.md', {'qs-seeds', 'qs-variants', 'status', 'bpd-paired'})])
+def test_every_marked_sentence_is_the_stored_data(report, where, names):
+    r, values = report
+    text = (ROOT / where).read_text() if where.endswith('.md') else _markdown(where)
+    assert names <= {m.group(1) for m in r.FACT.finditer(text)}, where
+    assert r.stale(text, values) == [], f'{where}: run `make bench-report` (a figure typed by hand differs from the data)'
+
+
+def test_a_figure_edited_by_hand_is_caught(report):
+    r, values = report
+    good = f"over <!-- fact:qs-seeds -->{values['qs-seeds']}<!-- /fact --> and <!-- fact:status -->{values['status']}<!-- /fact -->"
+    assert r.stale(good, values) == []
+    bad = good.replace('57.6', '55.6')
+    assert [s[0] for s in r.stale(bad, values)] == ['qs-seeds']
+    assert r.fill(bad, values) == good     # `make bench-report` writes it back
+
+
+def test_the_facts_say_what_the_data_says(report):
+    "The sentences issue 21 found wrong: ten variants (not eleven), one below the seeds' lowest; 7,134 s of training; complete."
+    _, v = report
+    assert v['qs-variants'].startswith('of ten variants') and "one scored below the seeds' lowest, 48.0: `optim.lr=3e-3` at 47.2" in v['qs-variants']
+    assert v['study-training'].startswith('7,134 s') and v['status'].startswith('The study is complete')
+    assert v['gauss-heldout'] == f"{json.loads((BENCH / 'fits' / 'dinof.json').read_text())['gaussian_bpd']:.4f}" == '2.0435'
+    assert 'PC cell' in v['agreement'] and 'DPM-Solver-2' in v['agreement']
+    assert 'lower on' in v['bpd-paired']
+
+
+def test_the_committed_cells_belong_to_the_committed_models():
+    "Every committed cell, bits/dim and fit records the `model_id` of the exported model it was drawn from."
+    ids = {f.stem: bench.model_id(bench.load_exported(f)) for f in sorted((BENCH / 'models').glob('*.pt'))}
+    pts = [json.loads(f.read_text()) for f in sorted(BENCH.glob('points/*/*.json'))]
+    assert len(pts) >= 60 and all(p['model_id'] == ids[p['model']] for p in pts)
+    for b in (json.loads(f.read_text()) for f in sorted(BENCH.glob('bpd/*.json'))):
+        assert b['model_id'] == ids['dinof' if b['prior'] == 'flow' else 'baseline']
+        assert len(b['bpd_each']) == b['n'] and abs(np.mean(b['bpd_each']) - b['bpd']) < 1e-5
+    for f in sorted(BENCH.glob('fits/*.json')): assert json.loads(f.read_text())['model_id'] == ids[f.stem]
+
+
+def test_a_retrained_model_draws_its_cells_again(tmp_path, monkeypatch):
+    "Issue 21 item 4: `steps=2`, then `steps=3` in the same root retrains, re-exports and re-draws every cell; then reads them back."
+    kw = dict(flow_steps=1, n=6, nfes=(3,), methods=('dpm2',), tm_sweep=(), extra_seeds=(), n_bpd=0, paper=False, n_pc=0, overrides=TINY)
+    first = bench.bench_quality(tmp_path, steps=2, **kw)['points']
+    assert first and {p['training_step'] for p in first} == {2}
+    second = bench.bench_quality(tmp_path, steps=3, **kw)['points']
+    ids = {k: bench.model_id(bench.load_exported(tmp_path / 'models' / f'{k}.pt')) for k in ('baseline', 'dinof')}
+    assert len(second) == len(first) and {p['training_step'] for p in second} == {3}
+    assert all(p['model_id'] == ids[p['model']] for p in second) and not {p['model_id'] for p in first} & set(ids.values())
+    assert json.loads((tmp_path / 'fits' / 'dinof.json').read_text())['model_id'] == ids['dinof']
+    monkeypatch.setattr(bench, 'generate', lambda *a, **k: pytest.fail('sampled again'))
+    assert bench.bench_quality(tmp_path, steps=3, **kw)['points'] == second
+
+
+def test_write_npz_is_what_numpy_reads(tmp_path):
+    x = np.arange(5 * 2 * 3, dtype=np.uint8).reshape(5, 2, 3)
+    assert bench.write_npz(tmp_path / 'a.npz', [(x[:2], 7), (x[2:], 9)], 5, (2, 3), 'uint8') == 9
+    with np.load(tmp_path / 'a.npz') as z: assert np.array_equal(z['samples'], x) and list(z) == ['samples']
+
+
+def test_the_speed_file_has_repeats():
+    sp = json.loads((BENCH / 'speed.json').read_text())
+    each = sp['paper_ratio_each']
+    assert len(each) >= 3 and sp['paper_ratio'] == round(float(np.median(each)), 3)
