@@ -17,8 +17,7 @@ from .likelihood import bits_per_dim
 from .metrics import RunningStats, feature_batches, get_extractor, kid, reference_stats
 from .sampling import DEFAULT_SCHEDULES, SCHEDULES, hybrid_sample
 from .sde import VESDE
-from .train import Models, Trainer, find_checkpoint, plot_log, save_samples
-from .train import _EXPORTED, _atomic_write, _build_nets, _config_diff   # not yet public in dinof.train: the one place bench reaches in
+from .train import EXPORTED_FORMAT, Models, Trainer, atomic_write, build_nets, config_diff, find_checkpoint, plot_log, save_samples
 
 # %% auto #0
 __all__ = ['CONFIDENCE_BINS', 'PRESET', 'QUICK_PRESET', 'BASELINE', 'TM_SWEEP', 'NFES', 'METHODS', 'PC_SETTINGS', 'generate',
@@ -86,7 +85,7 @@ def write_npz(path, batches, n: int, shape: tuple, dtype) -> int:
             np.lib.format.write_array_header_1_0(g, {'descr': np.lib.format.dtype_to_descr(dtype), 'fortran_order': False,
                                                      'shape': (n, *shape)})
             for x, nfe in batches: g.write(np.ascontiguousarray(x, dtype=dtype).tobytes())
-    _atomic_write(Path(path), write, 'the samples')
+    atomic_write(Path(path), write, 'the samples')
     return nfe
 
 def _write_loss_plot(workdir: Path, path: Path):
@@ -188,24 +187,24 @@ PC_SETTINGS = {'none': {'corrector': 'none', 'noise_removal': True}, 'none-nr0':
 def _json_write(path: Path, obj):
     "`obj` as JSON at `path`, through a temporary file (a stop mid-write leaves the old file or none)."
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + '\n').encode()), 'the results')
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + '\n').encode()), 'the results')
 
 def export_models(models: Models, path, note: str = '', *, score_from: str | None = None):
     """The EMA networks of `models` and their config in a small file (no optimizer state), loadable with `load_exported`.
     `score_from`: the name of an exported file in the same folder whose score network `models` shares (a flow trained on
     top of it): only the flow is written, and `load_exported` takes the score network from that file."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    ck = {'format': _EXPORTED, 'config': models.config.to_json(), 'step': models.step, 'note': note,
+    ck = {'format': EXPORTED_FORMAT, 'config': models.config.to_json(), 'step': models.step, 'note': note,
           'flow': models.flow.state_dict()}
     if score_from is None: ck['score'] = models.score_model.state_dict()
     else: ck['score_from'] = Path(score_from).name
-    _atomic_write(path, lambda f: torch.save(ck, f), 'the models')
+    atomic_write(path, lambda f: torch.save(ck, f), 'the models')
 
 def _read_exported(path: Path) -> dict:
     if not path.is_file(): raise FileNotFoundError(f'models: no such file {str(path)!r}')
     try: ck = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e: raise ValueError(f'models: {path} is not readable ({type(e).__name__})') from None
-    if not (isinstance(ck, dict) and ck.get('format') == _EXPORTED): raise ValueError(f'models: {path} is not a file of dinof.bench.export_models')
+    if not (isinstance(ck, dict) and ck.get('format') == EXPORTED_FORMAT): raise ValueError(f'models: {path} is not a file of dinof.bench.export_models')
     return ck
 
 _SAMPLING_FIELDS = ('predictor', 'corrector', 'snr', 'n_steps_each', 'noise_removal', 'temperature')   # what a cell takes from the config
@@ -230,7 +229,7 @@ def load_exported(path, *, device=None) -> Models:
     path = Path(path)
     ck = _read_exported(path)
     cfg = Config.from_json(ck['config'])
-    sde, sm, fl = _build_nets(cfg)
+    sde, sm, fl = build_nets(cfg)
     if 'score_from' in ck: ck['score'] = _read_exported(path.parent / str(ck['score_from'])).get('score')
     try: sm.load_state_dict(ck['score']); fl.load_state_dict(ck['flow'])
     except (KeyError, RuntimeError) as e: raise ValueError(f'models: {path} does not fit its own config ({str(e).splitlines()[0]})') from None
@@ -289,7 +288,7 @@ def _model(root: Path, name: str, overrides: Sequence[str], steps: int, *, progr
     def exported() -> Models | None:   # the file's models, if it holds `steps` steps of this config
         if not f.is_file(): return None
         m = load_exported(f, device=device)
-        return m if m.step == steps and not _config_diff(m.config.to_dict(), get_config(PRESET, *overrides).to_dict()) else None
+        return m if m.step == steps and not config_diff(m.config.to_dict(), get_config(PRESET, *overrides).to_dict()) else None
     if find_checkpoint(wd) is None and (m := exported()) is not None: return m, False
     m = train_model(wd, overrides, steps=steps, progress=progress, device=device)
     return m, exported() is None    # False: the file already holds these models (not rewritten, so git sees no change)

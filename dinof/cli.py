@@ -223,8 +223,8 @@ def _train(args):
     if t.rank == 0: print(f'step {t.step}: {t.last_checkpoint}')
     return 0
 
-PRIORS = {'flow': 'the flow at t_m (DiNof)', 'gaussian': 'the Gaussian at T',
-          'moments': "the Gaussian with the training set's first two moments at t_m (no flow; computed once, cached)"}   # --prior: a name Models.prior knows -> its help
+PRIORS = {'flow': 'the flow at t_m (DiNof)', 'gaussian': 'the Gaussian at T',   # --prior: a name Models.prior knows -> its help
+          'moments': "the Gaussian with the training set's first two moments at t_m (no flow; computed once, cached)"}
 
 def _sampling_args(p):
     p.add_argument('--checkpoint', required=True,
@@ -261,10 +261,10 @@ def _load(args):
 def _is_exported(path) -> bool:
     "Whether `path` is a file of `dinof.bench.export_models` (what `bench/*/models/` ships), not a training checkpoint."
     import torch
-    from dinof.train import _EXPORTED
+    from dinof.train import EXPORTED_FORMAT
     try: ck = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     except Exception: return False          # not readable as one: load_models says what is wrong with the file
-    return isinstance(ck, dict) and ck.get('format') == _EXPORTED
+    return isinstance(ck, dict) and ck.get('format') == EXPORTED_FORMAT
 
 def _read_models(path, device, ema: bool = True):
     "The `Models` of a training checkpoint, or of an exported models file (EMA weights only, so no `--no-ema`)."

@@ -16,7 +16,7 @@ from .config import Config, get_config
 from .core import Progress, check, fail, is_int, to_uint8
 from .data import get_dataset
 from .sampling import hybrid_sample
-from .train import _atomic_write, find_checkpoint, load_models, plot_log, save_samples
+from .train import atomic_write, find_checkpoint, load_models, plot_log, save_samples
 
 # %% auto #0
 __all__ = ['A100_BF16_FLOPS', 'A100_TF32_FLOPS', 'UTILISATION', 'smoke', 'smoke_overrides', 'write_cifar10', 'write_image_folder',
@@ -234,7 +234,7 @@ def sample_cached(models, n: int, folder, *, batch_size: int | None = None, seed
         if old != spec:
             diff = '; '.join(f'{k} {old.get(k)!r} -> {spec[k]!r}' for k in spec if old.get(k) != spec[k])
             fail('folder', f'{folder} holds samples made with other settings ({diff}); use another folder')
-    else: _atomic_write(spec_file, lambda f: f.write((json.dumps(spec, indent=1) + '\n').encode()), 'the sample settings')
+    else: atomic_write(spec_file, lambda f: f.write((json.dumps(spec, indent=1) + '\n').encode()), 'the sample settings')
     shape, centered = tuple(models.config.data_shape), models.config.resolved().data.centered
     todo = [(k, first) for k, first in enumerate(range(0, n, bs)) if k % R == r
             and not _batch_ok(folder / f'batch_{k:05d}.npz', first, min(bs, n - first), shape)]
@@ -243,7 +243,7 @@ def sample_cached(models, n: int, folder, *, batch_size: int | None = None, seed
     for k, first in Progress(todo, progress, what='sampling batch'):
         res = models.sample(min(bs, n - first), seed=seed, first=first, **overrides)
         x, nfe = to_uint8(res.samples.cpu(), centered).numpy(), res.nfe
-        _atomic_write(folder / f'batch_{k:05d}.npz', lambda f: np.savez(f, samples=x, first=np.int64(first), nfe=np.int64(nfe)),
+        atomic_write(folder / f'batch_{k:05d}.npz', lambda f: np.savez(f, samples=x, first=np.int64(first), nfe=np.int64(nfe)),
                       'a batch of samples')
         made += 1
     return {'batches': math.ceil(n / bs), 'made': made, 'nfe': nfe}
@@ -295,7 +295,7 @@ def evaluate(checkpoint, folder, *, n: int | None = None, batch_size: int | None
            'sampling_seconds': round(t_sample, 1), 'is': None, 'is_std': None}
     if iscore is not None: out['is'], out['is_std'] = iscore.score(); out['is_extractor'] = f'{ise.name}:{ise.hash}'
     else: out['is_note'] = is_note
-    _atomic_write(Path(folder) / 'metrics.json', lambda f: f.write((json.dumps(out, indent=1) + '\n').encode()), 'the metrics')
+    atomic_write(Path(folder) / 'metrics.json', lambda f: f.write((json.dumps(out, indent=1) + '\n').encode()), 'the metrics')
     return out
 
 # %% ../nbs/13_experiments.ipynb #adf5f289

@@ -525,7 +525,9 @@ class WhitenedFlow(_Flow):
         self.in_shape, self.latent_dim = base.in_shape, base.latent_dim
 
     @property
-    def config(self): return {**getattr(self.flow, 'config', {}), 'base': 'moments', 'base_rank': self.base.rank}
+    def config(self):
+        "The inner flow's constructor settings, with the base's."
+        return {**getattr(self.flow, 'config', {}), 'base': 'moments', 'base_rank': self.base.rank}
 
     def encode(self, x):
         "`x` -> the inner flow's latent of $u = B^{-1}(x - m)$, and the two log-determinants summed."

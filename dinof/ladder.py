@@ -26,7 +26,7 @@ RUNG_LABELS = {'standard': 'N(0, I) at t_m', 'moments_diag': 'moments, diagonal'
                'glow_joint': "study's joint Glow", 'glow_large': 'Glow x10, flow-only', 'glow_moments': 'Glow x10 on the moment base',
                'exact': 'exact x(t_m)'}
 FLOW_SIZE = ('flow.levels=2', 'flow.depth=8', 'flow.hidden=64')   # 152k parameters: ~10x the study's Glow (15k)
-FLOWS = {'glow_large': FLOW_SIZE, 'glow_moments': (*FLOW_SIZE, 'flow.base=moments')}
+FLOWS = {'glow_large': FLOW_SIZE, 'glow_moments': (*FLOW_SIZE, 'flow.base=moments')}   # the flows the ladder trains: name -> overrides
 SETTINGS = {'dpm2': dict(method='dpm2', steps=9, schedule='logsnr', n=2000),    # NFE 19: the study's DPM-Solver-2 NFE-20 cell
             'paper': dict(method='pc', steps=None, schedule='uniform', n=1000)}  # DiNof's sampler: N t_m / T steps from t_m
 
@@ -34,14 +34,18 @@ class StandardPrior:
     "$\\mathcal N(0, I)$ at $t_m$: the truncated sampler with no prior model (the VP marginal's scale at large $t$, its shape never)."
     def __init__(self, shape, t_m: float): self.shape, self.t_m = tuple(shape), float(t_m)
     def sample(self, n, *, generator=None, shape=None, device=None, dtype=None):
+        "`n` standard normal draws of the prior's shape."
         return randn((n, *self.shape), generator=generator, device=device, dtype=dtype or torch.float32)
-    def log_prob(self, x): return torch.distributions.Normal(0., 1.).log_prob(x.double()).flatten(1).sum(1)
+    def log_prob(self, x):
+        "$\\log\\mathcal N(x; 0, I)$ per row, float64."
+        return torch.distributions.Normal(0., 1.).log_prob(x.double()).flatten(1).sum(1)
     def __repr__(self): return f'StandardPrior(t_m={self.t_m}, shape={self.shape})'
 
 class ExactPrior:
     "The law of $x(t_m)$ itself: images `x0` (model space) pushed through the forward SDE, $\\alpha x_0 + \\sigma z$ (no density)."
     def __init__(self, x0: torch.Tensor, sde, t_m: float): self.x0, self.sde, self.t_m, self.shape = x0, sde, float(t_m), tuple(x0.shape[1:])
     def sample(self, n, *, generator=None, shape=None, device=None, dtype=None):
+        "$\\alpha x_0 + \\sigma z$ for the first `n` images, `z` from `generator` (per sample with a `PerSampleGenerator`)."
         check('n', n <= len(self.x0), f'this ExactPrior holds {len(self.x0)} images, asked for {n}')
         x0 = self.x0[:n].to(device=device, dtype=dtype or torch.float32)
         a, s = self.sde.marginal_coeffs(torch.full((n,), self.t_m, dtype=torch.float64))
@@ -246,6 +250,14 @@ def ladder_summary(cells: list[dict], spread: dict | None = None, score: str = '
             elif d > 0: s += f" The best learned prior, {RUNG_LABELS[best]}, is {d:.1f} FID below the moment Gaussian: within the noise{noise}, no winner."
             else: s += f" No learned prior beats the moment Gaussian: the best, {RUNG_LABELS[best]}, is {-d:.1f} FID above it{noise}."
         out.append(s)
+    best = {st: min((r for r in RUNGS if r != 'exact' and st in rows.get(r, {})), key=lambda r: rows[r][st]['fid'], default=None)
+            for st in ('dpm2', 'paper')}
+    drawn = [b for b in best.values() if b]
+    if drawn and len(set(drawn)) == 1:
+        how = {'moments_full': "`sampling.prior='moments'` (`dinof sample --prior moments`): no flow to train",
+               'moments_diag': "the diagonal moment Gaussian", 'standard': "N(0, I) at t_m"}.get(drawn[0], f"`{drawn[0]}`")
+        out.append(f"Of the priors a user can have, {RUNG_LABELS[drawn[0]]} gives the best samples at every setting drawn here "
+                   f"({', '.join(_SETTING_WORDS[k].split(' (')[0] for k, b in best.items() if b)}): use {how}.")
     return ' '.join(out)
 
 def plot_ladder(cells: list[dict], score: str = 'dinof'):

@@ -91,7 +91,9 @@ class Moments:
     resid: torch.Tensor | None = None
 
     @property
-    def rank(self) -> int | None: return None if self.cov is not None else self.eigvals.numel()
+    def rank(self) -> int | None:
+        "None for a full covariance, else the number of principal directions kept."
+        return None if self.cov is not None else self.eigvals.numel()
 
     def at(self, alpha: float, sigma: float) -> dict:
         "`AffineGaussian.set_moments` arguments for $x(t) = \\alpha x(0) + \\sigma z$: mean $\\alpha\\mu$, covariance $\\alpha^2\\Sigma + \\sigma^2 I$."
@@ -100,10 +102,13 @@ class Moments:
         return dict(mean=alpha * self.mean, diag=alpha ** 2 * self.resid + sigma ** 2, factor=alpha * self.eigvecs * self.eigvals.sqrt())
 
     def state_dict(self) -> dict:
+        "The tensors and sizes, for `torch.save` (loadable with `weights_only=True`)."
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None} | {'shape': list(self.shape)}
 
     @classmethod
-    def from_state_dict(cls, d: dict) -> 'Moments': return cls(**{**d, 'shape': tuple(d['shape']), 'n': int(d['n'])})
+    def from_state_dict(cls, d: dict) -> 'Moments':
+        "The inverse of `state_dict`."
+        return cls(**{**d, 'shape': tuple(d['shape']), 'n': int(d['n'])})
 
 def _passes(data, batch_size: int):
     "A function that starts one pass over `data` (a tensor `[N, ...]`, or a function returning an iterable of batches)."

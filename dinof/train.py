@@ -23,9 +23,9 @@ from .losses import DiNofLoss, flow_input, flow_time
 from .sampling import FlowPrior, GaussianPrior, MomentPrior, SampleResult, dataset_moments, hybrid_sample
 
 # %% auto #0
-__all__ = ['RESUME_FREE', 'EMA', 'save_checkpoint', 'load_checkpoint', 'find_checkpoint', 'load_score_network', 'Models',
-           'training_moments', 'load_models', 'save_samples', 'Trainer', 'sliced_wasserstein', 'read_log', 'plot_log',
-           'LossPlot']
+__all__ = ['EXPORTED_FORMAT', 'RESUME_FREE', 'EMA', 'atomic_write', 'save_checkpoint', 'load_checkpoint', 'find_checkpoint',
+           'config_diff', 'load_score_network', 'Models', 'training_moments', 'build_nets', 'load_models',
+           'save_samples', 'Trainer', 'sliced_wasserstein', 'read_log', 'plot_log', 'LossPlot']
 
 # %% ../nbs/10_train.ipynb #ebc350d6
 _DATA, _NOISE, _DEQUANT, _DROPOUT, _INIT, _ACTNORM = range(1, 7)   # salts: one independent stream per use
@@ -122,7 +122,7 @@ def _os_error(e: BaseException) -> OSError | None:
     while x is not None and not isinstance(x, OSError): x = x.__cause__ or x.__context__
     return x
 
-def _atomic_write(path: Path, write, what: str = 'the file'):
+def atomic_write(path: Path, write, what: str = 'the file'):
     """Write `path` through a temporary file in its folder: `write(f)`, flush, fsync, `os.replace`, fsync the folder.
     Any failure of the write, the fsync or the rename is one `OSError` naming `path` and the system's reason; the temporary
     file is removed and whatever `path` held before is untouched."""
@@ -143,7 +143,7 @@ def _atomic_write(path: Path, write, what: str = 'the file'):
 
 def save_checkpoint(state: dict, path) -> Path:
     "Write `state` (tensors and plain containers) to `path` atomically: readers see the old file or the new one, never a part."
-    _atomic_write(Path(path), lambda f: torch.save(state, f), 'the checkpoint')
+    atomic_write(Path(path), lambda f: torch.save(state, f), 'the checkpoint')
     return Path(path)
 
 def _one_line(e: BaseException) -> str:
@@ -151,7 +151,7 @@ def _one_line(e: BaseException) -> str:
     return s if len(s) <= 160 else s[:157] + '...'
 
 _ENTRIES = {'step': int, 'config': str, 'score': dict, 'flow': dict, 'ema_score': dict, 'ema_flow': dict}   # what sampling needs
-_EXPORTED, _EXPORTED_ENTRIES = 'dinof-models-1', {'step': int, 'config': str, 'score': dict, 'flow': dict}   # dinof.bench.export_models: EMA weights only
+EXPORTED_FORMAT, _EXPORTED_ENTRIES = 'dinof-models-1', {'step': int, 'config': str, 'score': dict, 'flow': dict}   # dinof.bench.export_models: EMA weights only
 _RESUME_ENTRIES = {'optimizer': dict, 'scheduler': dict, 'rng': dict, 'seconds': (int, float), 'version': str}   # and a resume
 
 def _check_entries(ck: dict, path: Path, entries: dict):
@@ -225,7 +225,7 @@ def _completed(saved: dict) -> dict:
     try: return Config.from_dict(saved, validate=False).to_dict()
     except (ValueError, TypeError): return saved
 
-def _config_diff(saved: dict, now: dict, free=RESUME_FREE) -> list[str]:
+def config_diff(saved: dict, now: dict, free=RESUME_FREE) -> list[str]:
     "`'field (saved -> now)'` for every field that differs between two config dicts, leaving out those in `free`."
     a, b = _flat(_completed(saved)), _flat(now)
     skip = lambda k: any(k == f or k.startswith(f + '.') for f in free)
@@ -273,8 +273,8 @@ def load_score_network(cfg: Config, path=None) -> tuple[Config, nn.Module, list[
         refused, why = describe_load_error(e)
         raise ValueError(f'training.score_checkpoint: {path} {why}' if refused else f'training.score_checkpoint: {path} is not readable ({why})') from None
     fmt = ck.get('format') if isinstance(ck, dict) else None
-    if fmt in (_FORMAT, _EXPORTED):                                  # one of ours: a checkpoint, or models exported by dinof.bench
-        if fmt == _EXPORTED and 'score_from' in ck:
+    if fmt in (_FORMAT, EXPORTED_FORMAT):                                  # one of ours: a checkpoint, or models exported by dinof.bench
+        if fmt == EXPORTED_FORMAT and 'score_from' in ck:
             fail('training.score_checkpoint', f'{path} holds only a flow; its score network is in {ck["score_from"]!r} beside it')
         try:
             _check_entries(ck, path, _ENTRIES if fmt == _FORMAT else _EXPORTED_ENTRIES)
@@ -416,7 +416,8 @@ def training_moments(cfg: Config, data, rank: int | None):
     "`dinof.sampling.dataset_moments` of the training set `data` as the trainer sees it (model space, flips), cached."
     return dataset_moments(data, centered=cfg.resolved().data.centered, rank=rank, flip=cfg.data.random_flip)
 
-def _build_nets(cfg: Config):
+def build_nets(cfg: Config):
+    "The SDE, the score model and the flow that `cfg` describes (fresh weights)."
     sde = cfg.build_sde()
     return sde, nets.ScoreModel(nets.build(cfg.model_dict()), sde, cfg.training.continuous), flows.build(cfg.flow_dict())
 
@@ -425,7 +426,7 @@ def load_models(path, *, device=None, ema: bool = True) -> Models:
     ck = load_checkpoint(path)
     try: cfg = Config.from_json(ck['config'])
     except ValueError as e: raise ValueError(f'checkpoint: {path} holds a config this dinof cannot use ({_one_line(e)})') from None
-    sde, sm, fl = _build_nets(cfg)
+    sde, sm, fl = build_nets(cfg)
     try:
         sm.load_state_dict(_unwrap_ema(ck['ema_score']) if ema else ck['score'])
         fl.load_state_dict(_unwrap_ema(ck['ema_flow']) if ema else ck['flow'])
@@ -443,17 +444,17 @@ def save_samples(x: torch.Tensor, path, centered: bool = False, title: str = '')
     if path.suffix == '.npz':
         from dinof.core import to_uint8
         arr = to_uint8(x, centered).numpy() if x.dim() == 4 else x.numpy()
-        _atomic_write(path, lambda f: np.savez(f, samples=arr))
+        atomic_write(path, lambda f: np.savez(f, samples=arr))
     elif x.dim() == 4:
         from torchvision.utils import make_grid, save_image
         from dinof.core import unscale_data
         grid = make_grid(unscale_data(x, centered).clamp(0, 1), nrow=int(math.ceil(math.sqrt(len(x)))), padding=1)
-        _atomic_write(path, lambda f: save_image(grid, f, format='png'))
+        atomic_write(path, lambda f: save_image(grid, f, format='png'))
     else:
         from matplotlib.figure import Figure
         fig = Figure(figsize=(4, 4)); ax = fig.subplots()
         ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5); ax.set_aspect('equal'); ax.set_title(title, fontsize=9)
-        _atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=80))
+        atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=80))
     return path
 
 # %% ../nbs/10_train.ipynb #6b6e75f3
@@ -491,7 +492,7 @@ class Trainer:
             cfg, net, self.notes = load_score_network(cfg)
             self.sde = cfg.build_sde()
             self.score_model, self.flow = nets.ScoreModel(net, self.sde, tr.continuous), flows.build(cfg.flow_dict())
-        else: self.sde, self.score_model, self.flow = _build_nets(cfg)
+        else: self.sde, self.score_model, self.flow = build_nets(cfg)
         self.cfg, self._centered = cfg, cfg.resolved().data.centered
         self.score_model.to(self.device); self.flow.to(self.device)
         self.loss_fn = DiNofLoss(self.sde, **cfg.loss_kwargs())
@@ -582,7 +583,7 @@ class Trainer:
 
     def _load(self, ck: dict, path: Path):
         _check_entries(ck, path, _RESUME_ENTRIES)
-        diff = _config_diff(json.loads(ck['config']), self.cfg.to_dict())
+        diff = config_diff(json.loads(ck['config']), self.cfg.to_dict())
         if diff: fail('checkpoint', f'{path} was made for another config; mismatched fields: {"; ".join(diff)}')
         try:
             self.score_model.load_state_dict(ck['score']); self.flow.load_state_dict(ck['flow'])
@@ -606,7 +607,7 @@ class Trainer:
             try: return l.endswith('\n') and json.loads(l)['step'] <= step
             except (ValueError, KeyError, TypeError): return False    # a line half written by a killed run
         keep = [l for l in lines if kept(l)]
-        if keep != lines: _atomic_write(p, lambda f: f.write(''.join(keep).encode()), 'the log')
+        if keep != lines: atomic_write(p, lambda f: f.write(''.join(keep).encode()), 'the log')
 
     def save(self) -> Path | None:
         """Write `ckpt_{step}.pt` (rank 0; atomically), then point `latest` at it, then delete this run's older checkpoints
@@ -614,7 +615,7 @@ class Trainer:
         self._saved_step = self.step
         if self.rank != 0: return None
         path = save_checkpoint(self.state_dict(), self.workdir / _CKPT.format(self.step))
-        _atomic_write(self.workdir / 'latest', lambda f: f.write(f'{path.name}\n'.encode()), 'the pointer latest')
+        atomic_write(self.workdir / 'latest', lambda f: f.write(f'{path.name}\n'.encode()), 'the pointer latest')
         for _, old in [c for c in _checkpoints(self.workdir) if c[0] <= self.step][:-self.cfg.training.keep]:
             old.unlink(missing_ok=True)
         self.last_checkpoint = path

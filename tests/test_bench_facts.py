@@ -33,7 +33,7 @@ def _markdown(name: str) -> str:
 
 
 @pytest.mark.parametrize('where, names', [
-    ('index.ipynb', {'qs-headline', 'qs-classes', 'qs-rerun', 'qs-seeds', 'qs-variants', 'study-training', 'agreement', 'status', 'bpd-paired'}),
+    ('index.ipynb', {'qs-headline', 'qs-classes', 'qs-rerun', 'qs-seeds', 'qs-variants', 'study-training', 'agreement', 'status', 'bpd-paired', 'ladder'}),
     ('12_bench.ipynb', {'qs-headline', 'qs-classes', 'qs-rerun', 'gauss-heldout', 'agreement'}),
     ('README.md', {'qs-headline', 'qs-seeds', 'qs-variants', 'status', 'bpd-paired'})])
 def test_every_marked_sentence_is_the_stored_data(report, where, names):

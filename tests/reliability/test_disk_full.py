@@ -63,7 +63,7 @@ def test_a_resume_after_the_failure_continues(failed_write, tmp_path, capsys):
     assert audit(wd2)['latest'] == 24
 
 # torch.save into a full file raises RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos ..."), the
-# OSError in its context: dinof.train._atomic_write reports that OSError, naming the file (was a traceback)
+# OSError in its context: dinof.train.atomic_write reports that OSError, naming the file (was a traceback)
 def test_the_failure_is_one_line_exit_2(failed_write):
     mode, wd, before, files, after, (rc, out, err) = failed_write
     why = {'tmpfs': 'No space left on device', 'rlimit': 'File too large', 'read-only rename': 'Read-only file system'}[mode]
