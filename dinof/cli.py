@@ -341,7 +341,8 @@ def _bpd(m, args, n: int):
         x = uniform_dequantize(torch.stack([ds[i] for i in range(n)]), generator=g)   # score_sde's protocol
         x, offset = scale_data(x, cfg.data.centered), bpd_offset(cfg.data.centered)
     dev = next(m.score_model.parameters()).device
-    prior, bs = m.prior(args.prior), args.batch_size or m.config.eval.batch_size
+    # rows per pass of the likelihood ODE: --batch-size, else eval.batch_size capped by sampling.chunk_size (what fits the device)
+    prior, bs = m.prior(args.prior), args.batch_size or min(m.config.eval.batch_size, m.config.sampling.chunk_size or m.config.eval.batch_size)
     b = torch.cat([bits_per_dim(x[i:i + bs].to(dev), prior, m.sde, m.score_model, offset=offset, seed=args.seed, first=i).cpu()
                    for i in Progress(range(0, n, bs), not args.no_progress, what='bits/dim batch')]).double()
     print(f'bits/dim {b.mean():.4f} +- {b.std() / n ** 0.5:.4f} (standard error)  N={n} test {"points" if isinstance(ds, Toy2D) else "images"}, '
