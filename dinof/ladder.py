@@ -230,7 +230,7 @@ def ladder_summary(cells: list[dict], spread: dict | None = None, score: str = '
         a, b = (rows[r].get('per_image') if r else None for r in (best, 'moments_full'))
         if a and b and len(a) == len(b):   # the same images under both priors: the paired difference and its standard error
             d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
-            s += f"; paired difference learned - moments {float(d.mean()):+.4f} ± {float(d.std() / len(d) ** .5):.4f}"
+            s += f"; paired difference learned - moments {float(d.mean()):+.6f} ± {float(d.std() / len(d) ** .5):.6f}"
         out.append(s + ').')
     for setting in ('dpm2', 'paper'):
         have = {r: rows[r][setting]['fid'] for r in RUNGS if setting in rows.get(r, {})}
