@@ -17,8 +17,8 @@ from .config import get_config
 
 # %% auto #0
 __all__ = ['RUNGS', 'RUNG_LABELS', 'FLOW_SIZE', 'FLOWS', 'SETTINGS', 'StandardPrior', 'ExactPrior', 'training_images', 'digest',
-           'train_flow', 'ladder_priors', 'prior_bpd', 'sample_cell', 'bench_prior', 'load_ladder', 'ladder_rows',
-           'ladder_table', 'sampling_spread', 'ladder_summary', 'plot_ladder']
+           'cpu_name', 'train_flow', 'ladder_priors', 'prior_bpd', 'sample_cell', 'bench_prior', 'load_ladder',
+           'ladder_rows', 'ladder_table', 'sampling_spread', 'ladder_summary', 'plot_ladder']
 
 # %% ../nbs/12a_ladder.ipynb #33fca3d1
 RUNGS = ('standard', 'moments_diag', 'moments_full', 'glow_joint', 'glow_large', 'glow_moments', 'exact')
@@ -70,6 +70,13 @@ def digest(*parts) -> str:
         else: h.update(json.dumps(p, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
+def cpu_name() -> str:
+    "The CPU's model name as `lscpu` gives it (from /proc/cpuinfo), with the core count; the machine type where there is none."
+    try: names = [l.split(':', 1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('model name')]
+    except OSError: names = []
+    flags = Path('/proc/cpuinfo').read_text() if names else ''
+    return (f"{names[0]}, {len(names)} cores, {'with' if 'avx512f' in flags else 'no'} AVX-512" if names else platform.machine())
+
 def _write_json(path: Path, obj):
     tmp = path.with_suffix('.tmp'); tmp.write_text(json.dumps(obj, indent=1) + '\n'); os.replace(tmp, path)
 
@@ -95,7 +102,7 @@ def train_flow(root, name: str, overrides: Sequence[str], steps: int, *, preset:
     tr.train()
     m = tr.models()
     export_models(m, out, f'{name}: flow-only (w_score=0) on x(t_m) of {preset}, {steps} steps, overrides {list(overrides) + extra}')
-    (wd / 'time.json').write_text(json.dumps({'steps': tr.step, 'seconds': round(tr.seconds, 1), 'cpu': platform.processor() or platform.machine(),
+    (wd / 'time.json').write_text(json.dumps({'steps': tr.step, 'seconds': round(tr.seconds, 1), 'cpu': cpu_name(),
                                               'params': sum(p.numel() for p in m.flow.parameters())}) + '\n')
     return m
 
