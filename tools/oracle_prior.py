@@ -1,6 +1,6 @@
 """How much of DiNof's error is its prior? Start the reverse process from the true law of x(t_m) instead.
 
-`DataPrior` draws x(t_m) exactly: training images pushed through the forward SDE to t_m (alpha(t_m) x0 + sigma(t_m) z).
+`DataPrior` (`dinof.ladder.ExactPrior`) draws x(t_m) exactly: training images pushed through the forward SDE to t_m (alpha(t_m) x0 + sigma(t_m) z).
 Each model of the study (`models/NAME.pt`) then samples from it with PC over [eps, t_m], and the samples are scored as the
 study scores its cells (domain FID and KID against the test set, so the training images that start the process are not the
 reference). Beside the study's own cells this separates the two errors: DiNof from its flow against DiNof from the exact
@@ -13,27 +13,7 @@ from pathlib import Path
 
 import torch
 
-
-class DataPrior:
-    "The law of x(t_m) given by images `x0` (model space): `sample(n)` returns alpha(t_m) x0[:n] + sigma(t_m) z."
-    def __init__(self, x0: torch.Tensor, sde, t_m: float):
-        self.x0, self.sde, self.t_m, self.shape = x0, sde, float(t_m), tuple(x0.shape[1:])
-
-    def sample(self, n, *, generator=None, shape=None, device=None, dtype=None):
-        from dinof.core import randn
-        x0 = self.x0[:n].to(device=device, dtype=dtype or torch.float32)
-        alpha, sigma = self.sde.marginal_coeffs(torch.full((n,), self.t_m, device=x0.device))
-        z = randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        return alpha.view(-1, 1, 1, 1).to(x0.dtype) * x0 + sigma.view(-1, 1, 1, 1).to(x0.dtype) * z
-
-
-def training_images(n: int, centered: bool, seed: int = 0) -> torch.Tensor:
-    "`n` training images, a fixed random choice, in model space."
-    from dinof.core import scale_data
-    from dinof.data import get_dataset
-    x = get_dataset('fashion_mnist', split='train', image_size=28).data
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
-    return scale_data(x[idx].float() / 255., centered)
+from dinof.ladder import ExactPrior as DataPrior, training_images   # the exact x(t_m), shared with the prior ladder (dinof.ladder)
 
 
 def oracle_cell(models, n: int, steps: int, t_m: float, *, seed: int = 0, batch_size: int = 1000, device=None) -> dict:
