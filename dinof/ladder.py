@@ -18,7 +18,7 @@ from .config import get_config
 # %% auto #0
 __all__ = ['RUNGS', 'RUNG_LABELS', 'FLOW_SIZE', 'FLOWS', 'SETTINGS', 'StandardPrior', 'ExactPrior', 'training_images', 'digest',
            'cpu_name', 'train_flow', 'ladder_priors', 'prior_bpd', 'sample_cell', 'bench_prior', 'load_ladder',
-           'ladder_rows', 'ladder_table', 'sampling_spread', 'ladder_summary', 'plot_ladder']
+           'ladder_rows', 'ladder_table', 'sampling_spread', 'study_references', 'ladder_summary', 'plot_ladder']
 
 # %% ../nbs/12a_ladder.ipynb #33fca3d1
 RUNGS = ('standard', 'moments_diag', 'moments_full', 'glow_joint', 'glow_large', 'glow_moments', 'exact')
@@ -222,7 +222,17 @@ def sampling_spread(root='bench/fashion_mnist', model: str = 'dinof') -> dict:
 _SETTING_WORDS = {'dpm2': 'DPM-Solver-2 at NFE 19 (N = 2000)', 'paper': "the paper's PC sampler, 600 steps from t_m (N = 1000)"}
 _LEARNED = ('glow_joint', 'glow_large', 'glow_moments')
 
-def ladder_summary(cells: list[dict], spread: dict | None = None, score: str = 'dinof') -> str:
+def study_references(root='bench/fashion_mnist') -> dict:
+    "The study's own cells at the paper's setting (`points/*/paper-*`): `{label: FID}`, to read the ladder's paper column against."
+    out = {}
+    for model, label in (('baseline', 'the baseline from N(0, I) at T, 1,000 steps'), ('dinof', 'DiNof from its flow, 600 steps')):
+        for f in sorted((Path(root) / 'points' / model).glob('paper-pc-uniform-*-n1000-seed0.json')): out[label] = json.loads(f.read_text())['fid']
+    oracle = Path(root) / 'oracle_prior.json'   # tools/oracle_prior.py: the same network from the exact x(t_m)
+    for r in (json.loads(oracle.read_text()) if oracle.is_file() else []):
+        if (r['model'], r['steps'], r['n']) == ('dinof', 600, 1000): out['DiNof from the exact x(0.6), 600 steps'] = r['fid']
+    return out
+
+def ladder_summary(cells: list[dict], spread: dict | None = None, score: str = 'dinof', references: dict | None = None) -> str:
     """One plain paragraph from the stored cells: per sampler setting the FID from N(0, I), the moment Gaussian, the best
     learned prior and the exact x(t_m); the share of the exact prior's gain each recovers; and whether a learned prior
     beats the full-covariance moment Gaussian by more than the sampling-seed `spread` (`sampling_spread`)."""
@@ -241,6 +251,10 @@ def ladder_summary(cells: list[dict], spread: dict | None = None, score: str = '
         out.append(s + ').')
     for setting in ('dpm2', 'paper'):
         have = {r: rows[r][setting]['fid'] for r in RUNGS if setting in rows.get(r, {})}
+        if setting == 'paper' and have and references:
+            out.append(f"With {_SETTING_WORDS[setting]}, drawn so far: " + '; '.join(f"{RUNG_LABELS[r]} {have[r]:.1f}" for r in RUNGS if r in have)
+                       + "; the study's cells at this setting: " + '; '.join(f"{k} {v:.1f}" for k, v in references.items())
+                       + (f" (the sampling-seed sd of PC here is about {spread['paper']:.1f})." if spread.get('paper') else '.'))
         if not {'standard', 'moments_full'} <= set(have): continue
         s = f"With {_SETTING_WORDS[setting]}, FID " + '; '.join(f"{RUNG_LABELS[r]}: {have[r]:.1f}" for r in RUNGS if r in have) + '.'
         if 'exact' in have and have['standard'] - have['exact'] > 0:
@@ -258,7 +272,7 @@ def ladder_summary(cells: list[dict], spread: dict | None = None, score: str = '
             else: s += f" No learned prior beats the moment Gaussian: the best, {RUNG_LABELS[best]}, is {-d:.1f} FID above it{noise}."
         out.append(s)
     best = {st: min((r for r in RUNGS if r != 'exact' and st in rows.get(r, {})), key=lambda r: rows[r][st]['fid'], default=None)
-            for st in ('dpm2', 'paper')}
+            for st in ('dpm2', 'paper') if sum(r != 'exact' and st in rows.get(r, {}) for r in RUNGS) >= 3}   # a ranking needs rivals
     drawn = [b for b in best.values() if b]
     if drawn and len(set(drawn)) == 1:
         how = {'moments_full': "`sampling.prior='moments'` (`dinof sample --prior moments`): no flow to train",

@@ -75,8 +75,8 @@ def facts(root: pathlib.Path = ROOT) -> dict:
                                 f"({b['bpd']:.3f} ± {b['bpd_se']:.3f} against {a['bpd']:.3f} ± {a['bpd_se']:.3f})"))
     else: out['bpd-paired'] = (f"Test bits/dim, unpaired (no per-image values stored): {b['bpd']:.3f} ± {b['bpd_se']:.3f} against "
                                f"{a['bpd']:.3f} ± {a['bpd_se']:.3f}, $n = {a['n']}$")
-    from dinof.ladder import ladder_summary, load_ladder, sampling_spread
-    out['ladder'] = ladder_summary(load_ladder(bench), sampling_spread(bench)) or 'No ladder cells are stored yet.'
+    from dinof.ladder import ladder_summary, load_ladder, sampling_spread, study_references
+    out['ladder'] = ladder_summary(load_ladder(bench), sampling_spread(bench), references=study_references(bench)) or 'No ladder cells are stored yet.'
     sp = res['speed']
     out['speed-ratio'] = f"{sp['paper_ratio']:.2f}"
     qs = root / 'bench' / 'quickstart' / 'metrics.json'
