@@ -72,10 +72,10 @@ def digest(*parts) -> str:
 
 def cpu_name() -> str:
     "The CPU's model name as `lscpu` gives it (from /proc/cpuinfo), with the core count; the machine type where there is none."
-    try: names = [l.split(':', 1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('model name')]
-    except OSError: names = []
-    flags = Path('/proc/cpuinfo').read_text() if names else ''
-    return (f"{names[0]}, {len(names)} cores, {'with' if 'avx512f' in flags else 'no'} AVX-512" if names else platform.machine())
+    try: info = Path('/proc/cpuinfo').read_text()
+    except OSError: info = ''
+    names = [l.split(':', 1)[1].strip() for l in info.splitlines() if l.startswith('model name')]
+    return (f"{names[0]}, {len(names)} cores, {'with' if 'avx512f' in info else 'no'} AVX-512" if names else platform.machine())
 
 def _write_json(path: Path, obj):
     tmp = path.with_suffix('.tmp'); tmp.write_text(json.dumps(obj, indent=1) + '\n'); os.replace(tmp, path)

@@ -129,8 +129,8 @@ def data_moments(data, rank: int | None = None, *, batch_size: int = 1000, iters
         x = xb.detach().flatten(1).to(torch.float64)
         if shift is None:
             shape, shift = tuple(xb.shape[1:]), x.mean(0)   # shifted sums: no cancellation when the mean is large
-            s1 = torch.zeros_like(shift); s2 = torch.zeros(len(shift), len(shift)) if rank is None else torch.zeros_like(shift)
-            s2 = s2.to(torch.float64)
+            s1 = torch.zeros_like(shift)
+            s2 = shift.new_zeros(len(shift), len(shift)) if rank is None else torch.zeros_like(shift)   # float64, like shift
         y = x - shift
         n, s1 = n + len(x), s1 + y.sum(0)
         s2 += y.T @ y if rank is None else (y * y).sum(0)
