@@ -291,7 +291,7 @@ def plot_ladder(cells: list[dict], score: str = 'dinof'):
     for ax, setting in zip(axs, ('dpm2', 'paper')):
         drawn = [r for r in rows if setting in r]
         for r in drawn:
-            if 'bpd' in r: ax.plot(r['bpd'], r[setting]['fid'], marks[r['rung']], ms=8, label=f"{r['label']}: {r[setting]['fid']:.1f}")
+            if 'bpd' in r: ax.plot(r['bpd'], r[setting]['fid'], marks[r['rung']], ms=8, c=f"C{RUNGS.index(r['rung'])}", label=f"{r['label']}: {r[setting]['fid']:.1f}")
             else: ax.axhline(r[setting]['fid'], ls='--', c='gray', lw=1, label=f"{r['label']}: {r[setting]['fid']:.1f}")
         ax.set(title=_SETTING_WORDS[setting], xlabel='held-out bits/dim of x(t_m) under the prior', ylabel='domain FID')
         if drawn: ax.legend(fontsize=8)
