@@ -17,7 +17,7 @@ from dinof.ladder import ExactPrior as DataPrior, training_images   # the exact 
 
 
 def oracle_cell(models, n: int, steps: int, t_m: float, *, seed: int = 0, batch_size: int = 1000, device=None) -> dict:
-    from dinof.bench import domain_scores
+    from dinof.bench import domain_scores, model_id
     from dinof.core import to_uint8
     from dinof.sampling import hybrid_sample
     centered = models.config.resolved().data.centered
@@ -33,7 +33,7 @@ def oracle_cell(models, n: int, steps: int, t_m: float, *, seed: int = 0, batch_
     d = domain_scores(torch.cat(out), device=device)
     return {'start': 'exact x(t_m) from training images', 't_m': t_m, 'method': 'pc', 'steps': steps, 'nfe': r.nfe, 'n': n,
             'seed': seed, 'fid': d['fid'], 'kid': d['kid'], 'kid_std': d['kid_std'], 'extractor': d['extractor'],
-            'reference': d['reference'], 'sampling_seconds': round(secs, 2), 'device': dev.type}
+            'reference': d['reference'], 'sampling_seconds': round(secs, 2), 'device': dev.type, 'model_id': model_id(models)}
 
 
 def main(argv=None):
