@@ -445,7 +445,8 @@ def _bench_args(p):
     p.add_argument('--compile', action='store_true', help='sample through torch.compile (quality, prior; ~1.4x faster on a CPU, needs a C compiler)')
     p.add_argument('--batch-size', type=int, default=None,
                    help="samples drawn at once (quality; default: the preset's sampling.batch_size; the samples do not depend on it)")
-    p.add_argument('--score', default='dinof', help="prior: the study's model whose score network samples (root/models/SCORE.pt; default: dinof)")
+    p.add_argument('--score', default='dinof', help="prior: the study's model whose score network samples (root/models/SCORE.pt; default: dinof), or a "
+                        "control of dinof.ladder.CONTROLS (trained first)")
     p.add_argument('--rungs', default=None, help='prior: comma-separated rungs (default: all of dinof.ladder.RUNGS)')
     p.add_argument('--settings', default='dpm2,paper', help='prior: comma-separated sampler settings of dinof.ladder.SETTINGS (default: dpm2,paper)')
     p.add_argument('--flow-steps', type=int, default=1500, help='prior: training steps of the flows the ladder trains (default: 1500)')
@@ -468,10 +469,12 @@ def _bench(args):
     _writable_folder(args.root, '--root')
     root = Path(args.root)
     if args.what == 'prior':
-        from dinof.ladder import RUNGS, bench_prior, ladder_table, load_ladder
+        from dinof.ladder import CONTROLS, RUNGS, bench_prior, ladder_table, load_ladder
         _positive('--flow-steps', args.flow_steps)
         f = root / 'models' / f'{args.score}.pt'
-        if not f.is_file(): raise FileNotFoundError(f'--score: {f} does not exist (the study\'s exported models are in {root / "models"})')
+        if not f.is_file() and args.score not in CONTROLS:
+            raise FileNotFoundError(f'--score: {f} does not exist (the study\'s exported models are in {root / "models"}; '
+                                    f'controls, trained first: {", ".join(CONTROLS)})')
         rungs = tuple(args.rungs.split(',')) if args.rungs else RUNGS
         bench_prior(root, args.score, rungs, tuple(args.settings.split(',')), flow_steps=args.flow_steps, t_m=args.t_m, device=args.device,
                     compile=args.compile)

@@ -8,7 +8,7 @@ import dataclasses, hashlib, json, os, platform, time
 from pathlib import Path
 from typing import Sequence
 import torch
-from .bench import PRESET, domain_scores, export_models, load_exported, model_id
+from .bench import BASELINE, PRESET, domain_scores, export_models, load_exported, model_id, train_model
 from .core import bcast, check, log_prob_to_bpd, randn, scale_data, to_uint8, uniform_dequantize
 from .data import get_dataset
 from .sampling import FlowPrior, MomentPrior, hybrid_sample
@@ -16,10 +16,10 @@ from .train import Models, Trainer, find_checkpoint, training_moments
 from .config import get_config
 
 # %% auto #0
-__all__ = ['RUNGS', 'RUNG_LABELS', 'FLOW_SIZE', 'FLOWS', 'SETTINGS', 'StandardPrior', 'ExactPrior', 'training_images', 'digest',
-           'cpu_name', 'train_flow', 'ladder_priors', 'prior_bpd', 'sample_cell', 'bench_prior', 'load_ladder',
-           'ladder_rows', 'ladder_table', 'sampling_spread', 'study_references', 'ladder_summary', 'plot_ladder',
-           'tm_sweep', 'tm_table', 'plot_tm']
+__all__ = ['RUNGS', 'RUNG_LABELS', 'FLOW_SIZE', 'FLOWS', 'SETTINGS', 'STUDY_STEPS', 'CONTROLS', 'StandardPrior', 'ExactPrior',
+           'training_images', 'digest', 'cpu_name', 'train_flow', 'ladder_priors', 'prior_bpd', 'sample_cell',
+           'bench_prior', 'load_ladder', 'ladder_rows', 'ladder_table', 'sampling_spread', 'study_references',
+           'ladder_summary', 'plot_ladder', 'train_control', 'tm_sweep', 'tm_table', 'plot_tm']
 
 # %% ../nbs/12a_ladder.ipynb #33fca3d1
 RUNGS = ('standard', 'moments_diag', 'moments_full', 'glow_joint', 'glow_large', 'glow_moments', 'exact')
@@ -153,14 +153,20 @@ def sample_cell(models: Models, prior, *, method: str, steps: int | None, schedu
             'kid': d['kid'], 'kid_std': d['kid_std'], 'extractor': d['extractor'], 'extractor_hash': d['extractor_hash'],
             'reference': d['reference'], 'sampling_seconds': round(secs, 1), 'device': dev.type, 'compiled': compile}
 
-def _drawn_before(root: Path, score: str, rung: str, s: dict, t_m: float, mid: str, seed: int) -> dict | None:
+def _drawn_before(root: Path, score: str, rung: str, s: dict, models: Models, mid: str, seed: int) -> dict | None:
     """A cell the study already drew with this recipe from these weights (`bench.model_id` `mid` of the exported model,
-    before any $t_m$ override), or None: the joint Glow's from `points/<score>/`, the exact prior's from `oracle_prior.json`."""
+    before any $t_m$ override), or None: the joint Glow's and, at $t_m = T$ of a VP-type SDE (where the study's Gaussian
+    prior is $\mathcal N(0, I)$), the standard rung's from `points/<score>/`; the exact prior's from `oracle_prior.json`.
+    The study's first cells were drawn on the CPU before cells recorded their device: 'cpu' where none is recorded."""
+    t_m = models.t_m
     same = lambda r: (r.get('model_id') == mid and abs(r.get('t_m', -1.) - t_m) < 1e-9 and r.get('seed') == seed
                       and all(r.get(k) == s[k] for k in ('method', 'steps', 'schedule', 'n')))
-    if rung == 'glow_joint':
+    at_T = abs(t_m - models.sde.T) < 1e-9 and type(models.sde).__name__ in ('VPSDE', 'SubVPSDE')
+    study_prior = {'glow_joint': 'flow', **({'standard': 'gaussian'} if at_T else {})}.get(rung)
+    if study_prior:
         for f in sorted((root / 'points' / score).glob('*.json')):
-            if (r := json.loads(f.read_text())).get('prior') == 'flow' and same(r): return {**r, 'source': f'points/{score}/{f.name}'}
+            if (r := json.loads(f.read_text())).get('prior') == study_prior and same(r):
+                return {**r, 'device': r.get('device') or 'cpu', 'source': f'points/{score}/{f.name}'}
     if rung == 'exact' and (f := root / 'oracle_prior.json').is_file():   # tools/oracle_prior.py: PC, uniform steps
         for r in json.loads(f.read_text()):
             if r.get('model') == score and same({'schedule': 'uniform', **r}): return {**r, 'source': 'oracle_prior.json'}
@@ -171,19 +177,22 @@ _ADOPTED = ('method', 'steps', 'schedule', 'nfe', 'n', 'seed', 'fid', 'kid', 'ki
 
 def bench_prior(root='bench/fashion_mnist', score: str = 'dinof', rungs: Sequence[str] = RUNGS, settings: Sequence[str] | dict = ('dpm2', 'paper'),
                 *, flow_steps: int = 1500, seed: int = 0, t_m: float | None = None, device=None, compile: bool = False) -> list[dict]:
-    """The ladder's cells for the score network of `root/models/score.pt` (at its own $t_m$, or `t_m` inside its interval):
+    """The ladder's cells for the score network of `root/models/score.pt` (at its own $t_m$, or `t_m` inside its interval;
+    a name of `CONTROLS` is trained first where it is not exported yet):
     each rung's held-out bits/dim, then each sampler setting (names of `SETTINGS`, or a dict name -> settings). A cell is a JSON file under `root/ladder/cells`, re-drawn
     only when its key (score network, prior, settings, N, seed) changed: a run resumes where the last one stopped. A cell
     the study already drew with the same recipe from the same weights (`_drawn_before`: the joint Glow's cells, the exact
     prior's `oracle_prior.json`) is adopted, not drawn again, and records its `source` and device."""
     root = Path(root)
+    for r in rungs: check('rungs', r in RUNGS, f'{r!r} is not a rung; known: {", ".join(RUNGS)}')
+    if not isinstance(settings, dict):
+        for k in settings: check('settings', k in SETTINGS, f'{k!r} is unknown; known: {", ".join(SETTINGS)}')
+    if score in CONTROLS: train_control(root, score, device=device)   # trained (resumed) first where not exported yet
     models = load_exported(root / 'models' / f'{score}.pt', device=device)
     mid = model_id(models)
     if t_m is not None:   # a lower cut-off inside the interval the score network was trained on
         check('t_m', models.sde.eps < t_m <= models.t_m + 1e-9, f"must be inside the score network's interval (eps, {models.t_m:g}], got {t_m}")
         models = dataclasses.replace(models, config=models.config.override(f'sde.t_m={t_m}'))
-    if not isinstance(settings, dict):
-        for k in settings: check('settings', k in SETTINGS, f'{k!r} is unknown; known: {", ".join(SETTINGS)}')
     table = settings if isinstance(settings, dict) else {k: SETTINGS[k] for k in settings}
     cells, out = root / 'ladder' / 'cells', []
     cells.mkdir(parents=True, exist_ok=True)
@@ -202,7 +211,7 @@ def bench_prior(root='bench/fashion_mnist', score: str = 'dinof', rungs: Sequenc
             key = {'score_id': score_id, 'prior_id': ident, **s, 'seed': seed}
             f = cells / f'{tag}-{name}-{setting}-n{s["n"]}-seed{seed}.json'
             if f.is_file() and json.loads(f.read_text()).get('key') == key: out.append(json.loads(f.read_text())); continue
-            old = _drawn_before(root, score, name, s, models.t_m, mid, seed)
+            old = _drawn_before(root, score, name, s, models, mid, seed)
             drawn = {k: old[k] for k in _ADOPTED if k in old} if old else sample_cell(models, prior, seed=seed, compile=compile, **s)
             rec = {'score': tag, 'rung': name, 'setting': setting, 'key': key, **drawn}
             _write_json(f, rec); out.append(rec)
@@ -324,6 +333,22 @@ def plot_ladder(cells: list[dict], score: str = 'dinof'):
     fig.tight_layout()
     return fig
 
+
+# %% ../nbs/12a_ladder.ipynb #c3f1d0a2
+STUDY_STEPS = 2000   # the study's models: 2,000 steps of batch 64 (bench_quality)
+CONTROLS = {'score_only': ('training.w_flow=0',),   # DiNof's score network trained alone on [eps, 0.6]
+            **{f'dinof-seed{s}': (f'training.seed={s}',) for s in (1, 2)},
+            **{f'baseline-seed{s}': (*BASELINE, f'training.seed={s}') for s in (1, 2)}}
+
+def train_control(root, name: str, steps: int = STUDY_STEPS, *, device=None, progress: bool = False) -> Models:
+    """The control `name` of `CONTROLS`: `PRESET` with its overrides for `steps` steps, trained (or resumed) in
+    `root/runs/name` and exported to `root/models/name.pt`; an exported file of `steps` steps is returned as it is."""
+    check('name', name in CONTROLS, f'{name!r} is not a control; known: {", ".join(CONTROLS)}')
+    out = Path(root) / 'models' / f'{name}.pt'
+    if out.is_file() and (m := load_exported(out, device=device)).step >= steps: return m
+    m = train_model(Path(root) / 'runs' / name, CONTROLS[name], steps=steps, device=device, progress=progress)
+    export_models(m, out, f'{PRESET} {" ".join(CONTROLS[name])}, {steps} steps (a control of the prior ladder)')
+    return m
 
 # %% ../nbs/12a_ladder.ipynb #b2e0c7f2
 def _tag_tm(cells: list[dict], tag: str) -> float | None:
