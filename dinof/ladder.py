@@ -19,7 +19,8 @@ from .config import get_config
 __all__ = ['RUNGS', 'RUNG_LABELS', 'FLOW_SIZE', 'FLOWS', 'SETTINGS', 'STUDY_STEPS', 'CONTROLS', 'StandardPrior', 'ExactPrior',
            'training_images', 'digest', 'cpu_name', 'train_flow', 'ladder_priors', 'prior_bpd', 'sample_cell',
            'bench_prior', 'load_ladder', 'ladder_rows', 'ladder_table', 'sampling_spread', 'study_references',
-           'ladder_summary', 'plot_ladder', 'train_control', 'tm_sweep', 'tm_table', 'plot_tm']
+           'ladder_summary', 'plot_ladder', 'train_control', 'tm_sweep', 'tm_table', 'plot_tm', 'seed_fids',
+           'seed_summary', 'ladder_headline']
 
 # %% ../nbs/12a_ladder.ipynb #33fca3d1
 RUNGS = ('standard', 'moments_diag', 'moments_full', 'glow_joint', 'glow_large', 'glow_moments', 'exact')
@@ -238,7 +239,7 @@ def ladder_rows(cells: list[dict], score: str = 'dinof') -> list[dict]:
 def ladder_table(cells: list[dict], score: str = 'dinof') -> str:
     "The ladder as a markdown table: held-out bits/dim of x(t_m), FID (KID x 1e3) at DPM-Solver-2 NFE 19 and at the paper's PC."
     f = lambda c: '' if c is None else f"{c['fid']:.1f} ({c['kid']:.2f})"
-    lines = ['| prior at t_m | held-out bits/dim | DPM-Solver-2, NFE 19, N 2000 | paper: PC 600 steps, N 1000 |', '|---|---:|---:|---:|']
+    lines = ['| prior at t_m | held-out bits/dim | DPM-Solver-2, NFE 19, N 2000 | paper: PC, N t_m / T steps, N 1000 |', '|---|---:|---:|---:|']
     for r in ladder_rows(cells, score):
         b = f"{r['bpd']:.4f} +- {r['bpd_se']:.4f}" if 'bpd' in r else 'n/a (no density)'
         lines.append(f"| {r['label']} | {b} | {f(r.get('dpm2'))} | {f(r.get('paper'))} |")
@@ -390,4 +391,107 @@ def plot_tm(cells: list[dict], score: str = 'dinof'):
         else: ax.text(0.5, 0.5, 'not drawn yet', ha='center', va='center', transform=ax.transAxes, color='gray')
     fig.tight_layout()
     return fig
+
+
+# %% ../nbs/12a_ladder.ipynb #d4a1e0b2
+def _seed_tags(cells: list[dict], model: str) -> dict:
+    "Training seed -> tag of `model`'s runs: the study's own model (its preset's seed) and the `CONTROLS` seeds `model-seedS`."
+    tags = {c.get('score') for c in cells}
+    out = {get_config(PRESET).training.seed: model} if model in tags else {}
+    out.update({int(t.rsplit('seed', 1)[1]): t for t in tags if t and t.startswith(f'{model}-seed')})
+    return dict(sorted(out.items()))
+
+def seed_fids(cells: list[dict], model: str, rung: str, setting: str) -> dict:
+    "Training seed -> FID of `model` started from `rung` at `setting` (its own $t_m$), for every seed drawn."
+    out = {}
+    for seed, tag in _seed_tags(cells, model).items():
+        row = next((r for r in ladder_rows(cells, tag) if r['rung'] == rung), {})
+        if setting in row: out[seed] = row[setting]['fid']
+    return out
+
+def _mean_sd(v) -> tuple[float, float | None]:
+    t = torch.tensor(list(v), dtype=torch.float64)
+    return float(t.mean()), (float(t.std()) if len(t) > 1 else None)
+
+def seed_summary(cells: list[dict], setting: str = 'dpm2') -> str:
+    """Over training seeds, at one sampler `setting`: DiNof from its joint Glow and from the moment Gaussian (paired: the
+    same score network), and the baseline from $\\mathcal N(0, I)$ at $T$. A prior or a model is named the winner only when
+    every seed drawn agrees and the mean gap exceeds twice the sd of a difference over training seeds."""
+    flow, mom, base = (seed_fids(cells, m, r, setting) for m, r in (('dinof', 'glow_joint'), ('dinof', 'moments_full'), ('baseline', 'standard')))
+    fmt = lambda d: ', '.join(f'{v:.1f}' for v in d.values()) + (f' (mean {_mean_sd(d.values())[0]:.1f} ± {_mean_sd(d.values())[1]:.1f})' if len(d) > 1 else '')
+    parts = [f"{label}: {fmt(d)}" for label, d in (("DiNof from its Glow", flow), ("DiNof from the moment Gaussian", mom),
+                                                     ("the baseline from N(0, I) at T", base)) if d]
+    if not parts: return ''
+    seeds = sorted(set(flow) | set(mom) | set(base))
+    out = [f"Over training seeds {', '.join(map(str, seeds))}, {_SETTING_WORDS[setting].split(' (')[0]}: " + '; '.join(parts) + '.']
+    def verdict(a: dict, b: dict, name_a: str, name_b: str, paired: bool) -> str:
+        both = sorted(set(a) & set(b))
+        if len(both) < 2: return 
+        d = torch.tensor([a[s] - b[s] for s in both], dtype=torch.float64)
+        if paired: sd = float(d.std())
+        else: sd = (_mean_sd(a[s] for s in both)[1] ** 2 + _mean_sd(b[s] for s in both)[1] ** 2) ** .5
+        lo = name_b if d.mean() > 0 else name_a
+        same_sign = bool((d > 0).all() or (d < 0).all())
+        if same_sign and abs(float(d.mean())) > 2 * sd:
+            return f"{lo} is better on every seed, by {abs(float(d.mean())):.1f} FID on average, more than twice the training-seed sd of the difference ({sd:.1f})."
+        return f"{lo} is ahead by {abs(float(d.mean())):.1f} FID on average, within twice the training-seed sd of the difference ({sd:.1f}): no winner."
+    if flow and mom: out.append(verdict(flow, mom, "DiNof from its Glow", "DiNof from the moment Gaussian", True))
+    if flow and base: out.append(verdict(flow, base, "DiNof from its Glow", "the baseline", False))
+    if mom and base: out.append(verdict(mom, base, "DiNof from the moment Gaussian", "the baseline", False))
+    out = [s for s in out if s]
+    if len(out) == 1: out.append('One training seed so far: no verdict.')
+    return ' '.join(out)
+
+
+# %% ../nbs/12a_ladder.ipynb #d4a1e0b5
+def _fid(cells: list[dict], tag: str, rung: str, setting: str) -> float | None:
+    return next((r[setting]['fid'] for r in ladder_rows(cells, tag) if r['rung'] == rung and setting in r), None)
+
+def ladder_headline(cells: list[dict], spread: dict | None = None) -> str:
+    """The ladder in a few plain sentences for the front page (the long form: `ladder_summary`, `seed_summary`): DiNof's
+    score network from each prior at $t_m = 0.6$ at both settings, the share of the exact prior's gain the moment Gaussian
+    and the study's Glow recover, whether a learned prior beats the moment Gaussian, the baseline's score network from
+    the moments against its own $\\mathcal N(0, I)$ at $T$, and the cut-offs below 0.6."""
+    spread, out = spread or {}, []
+    f = lambda r, st, tag='dinof': _fid(cells, tag, r, st)
+    both = lambda r: ' / '.join('–' if v is None else f'{v:.1f}' for v in (f(r, 'dpm2'), f(r, 'paper')))
+    drawn = [r for r in RUNGS if f(r, 'dpm2') is not None or f(r, 'paper') is not None]
+    if not drawn: return ''
+    out.append("Same score network (DiNof's), only the prior at t_m = 0.6 changed; FID at DPM-Solver-2 NFE 19 / the paper's PC, "
+               "600 steps: " + '; '.join(f'{RUNG_LABELS[r]} {both(r)}' for r in drawn) + '.')
+    for st in ('dpm2', 'paper'):
+        if None in (f('standard', st), f('exact', st)) or f('standard', st) <= f('exact', st): continue
+        gain = lambda r: 100 * (f('standard', st) - f(r, st)) / (f('standard', st) - f('exact', st))
+        have = [r for r in ('moments_full', 'glow_joint') if f(r, st) is not None]
+        short = {'moments_full': 'the moment Gaussian', 'glow_joint': "the study's Glow"}
+        if have: out.append(f"With {_SETTING_WORDS[st].split(' (')[0]} {short[have[0]]} recovers {gain(have[0]):.0f}% of the exact prior's gain over "
+                            "N(0, I)" + ''.join(f", {short[r]} {gain(r):.0f}%" for r in have[1:]) + '.')
+    verdicts = []
+    for st in ('dpm2', 'paper'):
+        learned = [r for r in _LEARNED if f(r, st) is not None]
+        if f('moments_full', st) is None or not learned: continue
+        best = min(learned, key=lambda r: f(r, st))
+        d = f('moments_full', st) - f(best, st)
+        sd = spread.get(st)
+        words = _SETTING_WORDS[st].split(' (')[0]
+        if d > 0 and sd is not None and d > 2 * sd: verdicts.append(f"{words}: {RUNG_LABELS[best]} beats it by {d:.1f}, beyond twice the sampling-seed sd")
+        elif d > 0: verdicts.append(f"{words}: {RUNG_LABELS[best]} is {d:.1f} lower, within the sampling noise")
+        else: verdicts.append(f"{words}: the best, {RUNG_LABELS[best]}, is {-d:.1f} above it")
+    if verdicts:
+        win = any('beats it' in v for v in verdicts)
+        out.append(("A learned prior beats the moment Gaussian at " if win else "No learned prior beats the moment Gaussian at any setting drawn (")
+                   + '; '.join(verdicts) + ('.' if win else ').'))
+    for st in ('dpm2', 'paper'):
+        if len(seed_fids(cells, 'dinof', 'glow_joint', st)) > 1: out.append(seed_summary(cells, st))
+    b_mom, b_T = f('moments_full', 'dpm2', 'baseline-tm0.6'), f('standard', 'dpm2', 'baseline')
+    if b_mom is not None and b_T is not None:
+        out.append(f"The baseline's score network, trained on [eps, T] with no flow, started from the moment Gaussian at 0.6 scores "
+                   f"{b_mom:.1f} at DPM-Solver-2 NFE 19, against {b_T:.1f} from N(0, I) at T.")
+    sweep = {t: {r['rung']: r['dpm2']['fid'] for r in rows if 'dpm2' in r} for t, rows in tm_sweep(cells).items()}
+    low = {t: v for t, v in sweep.items() if t < 0.6 - 1e-9 and {'moments_full', 'exact'} <= set(v)}
+    if low:
+        out.append('Lower cut-offs (DPM-Solver-2 NFE 19, moment Gaussian against exact x(t_m)): '
+                   + '; '.join(f"t_m = {t:g}: {v['moments_full']:.1f} against {v['exact']:.1f}" + (f" (moment-based Glow {v['glow_moments']:.1f})" if 'glow_moments' in v else '')
+                               for t, v in low.items()) + '.')
+    return ' '.join(out)
 
