@@ -306,15 +306,19 @@ def ladder_summary(cells: list[dict], spread: dict | None = None, score: str = '
             elif d > 0: s += f" The best learned prior, {RUNG_LABELS[best]}, is {d:.1f} FID below the moment Gaussian: within the noise{noise}, no winner."
             else: s += f" No learned prior beats the moment Gaussian: the best, {RUNG_LABELS[best]}, is {-d:.1f} FID above it{noise}."
         out.append(s)
+    if (use := _use_sentence(rows)): out.append(use)
+    return ' '.join(out)
+
+def _use_sentence(rows: dict) -> str:
+    "Which prior to use: the rung (not the exact one) with the best FID at every setting ranked (three rivals or more), or ''."
     best = {st: min((r for r in RUNGS if r != 'exact' and st in rows.get(r, {})), key=lambda r: rows[r][st]['fid'], default=None)
             for st in ('dpm2', 'paper') if sum(r != 'exact' and st in rows.get(r, {}) for r in RUNGS) >= 3}   # a ranking needs rivals
     drawn = [b for b in best.values() if b]
-    if drawn and len(set(drawn)) == 1:
-        how = {'moments_full': "`sampling.prior='moments'` (`dinof sample --prior moments`): no flow to train",
-               'moments_diag': "the diagonal moment Gaussian", 'standard': "N(0, I) at t_m"}.get(drawn[0], f"`{drawn[0]}`")
-        out.append(f"Of the priors a user can have, {RUNG_LABELS[drawn[0]]} gives the best samples at every setting drawn here "
-                   f"({', '.join(_SETTING_WORDS[k].split(' (')[0] for k, b in best.items() if b)}): use {how}.")
-    return ' '.join(out)
+    if not drawn or len(set(drawn)) > 1: return ''
+    how = {'moments_full': "`sampling.prior='moments'` (`dinof sample --prior moments`): no flow to train",
+           'moments_diag': "the diagonal moment Gaussian", 'standard': "N(0, I) at t_m"}.get(drawn[0], f"`{drawn[0]}`")
+    return (f"Of the priors a user can have, {RUNG_LABELS[drawn[0]]} gives the best samples at every setting drawn here "
+            f"({', '.join(_SETTING_WORDS[k].split(' (')[0] for k, b in best.items() if b)}): use {how}.")
 
 def plot_ladder(cells: list[dict], score: str = 'dinof'):
     """FID against the prior's held-out bits/dim of x(t_m), one marker per rung, a panel per sampler setting; the exact
@@ -487,11 +491,12 @@ def ladder_headline(cells: list[dict], spread: dict | None = None) -> str:
     if b_mom is not None and b_T is not None:
         out.append(f"The baseline's score network, trained on [eps, T] with no flow, started from the moment Gaussian at 0.6 scores "
                    f"{b_mom:.1f} at DPM-Solver-2 NFE 19, against {b_T:.1f} from N(0, I) at T.")
-    sweep = {t: {r['rung']: r['dpm2']['fid'] for r in rows if 'dpm2' in r} for t, rows in tm_sweep(cells).items()}
+    sweep = {t: {r['rung']: r['dpm2']['fid'] for r in rows if 'dpm2' in r} for t, rows in tm_sweep(cells).items() if abs(t - .6) > 1e-9}
     low = {t: v for t, v in sweep.items() if t < 0.6 - 1e-9 and {'moments_full', 'exact'} <= set(v)}
     if low:
         out.append('Lower cut-offs (DPM-Solver-2 NFE 19, moment Gaussian against exact x(t_m)): '
                    + '; '.join(f"t_m = {t:g}: {v['moments_full']:.1f} against {v['exact']:.1f}" + (f" (moment-based Glow {v['glow_moments']:.1f})" if 'glow_moments' in v else '')
                                for t, v in low.items()) + '.')
+    if (use := _use_sentence({r['rung']: r for r in ladder_rows(cells, 'dinof')})): out.append(use)
     return ' '.join(out)
 
