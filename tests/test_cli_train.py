@@ -204,3 +204,7 @@ def test_sample_the_moment_prior(tmp_path):
 def test_bench_prior_bad_input_is_one_line(tmp_path):
     one_line_error(dinof('bench', 'prior', '--root', tmp_path, '--score', 'nope'), '--score:')
     one_line_error(dinof('bench', 'prior', '--root', SHIPPED.parent, '--rungs', 'gaussian', '--settings', 'dpm2'), 'rungs:')
+    # a control is trained first, but bad rungs or settings are refused before an hour of training starts
+    one_line_error(dinof('bench', 'prior', '--root', tmp_path, '--score', 'score_only', '--rungs', 'gaussian'), 'rungs:')
+    one_line_error(dinof('bench', 'prior', '--root', tmp_path, '--score', 'dinof-seed1', '--settings', 'fast'), 'settings:')
+    assert not (tmp_path / 'runs').exists() and not (tmp_path / 'models').exists()
