@@ -20,10 +20,10 @@ from .sde import VESDE
 from .train import EXPORTED_FORMAT, Models, Trainer, atomic_write, build_nets, config_diff, find_checkpoint, plot_log, save_samples
 
 # %% auto #0
-__all__ = ['CONFIDENCE_BINS', 'PRESET', 'QUICK_PRESET', 'BASELINE', 'TM_SWEEP', 'NFES', 'METHODS', 'PC_SETTINGS', 'generate',
-           'domain_scores', 'write_npz', 'Stopped', 'quickstart', 'export_models', 'model_id', 'load_exported',
-           'steps_for_nfe', 'train_model', 'heldout_bpd', 'prior_fit', 'bench_quality', 'training_spread', 'summarize',
-           'plot_quality', 'results_table', 'results_summary', 'bench_speed']
+__all__ = ['CONFIDENCE_BINS', 'PRESET', 'QUICK_PRESET', 'STUDY', 'BASELINE', 'TM_SWEEP', 'NFES', 'METHODS', 'PC_SETTINGS',
+           'generate', 'domain_scores', 'write_npz', 'Stopped', 'quickstart', 'export_models', 'model_id',
+           'load_exported', 'steps_for_nfe', 'train_model', 'heldout_bpd', 'prior_fit', 'bench_quality',
+           'training_spread', 'summarize', 'plot_quality', 'results_table', 'results_summary', 'bench_speed']
 
 # %% ../nbs/12_bench.ipynb #6d0ccb1f
 def generate(models: Models, n: int, *, seed: int = 0, batch_size: int | None = None, progress: bool = False,
@@ -177,6 +177,7 @@ def quickstart(workdir='quickstart', *, minutes: float | None = None, n_samples:
     return metrics
 
 # %% ../nbs/12_bench.ipynb #4c976bbd
+STUDY = ('flow.base=standard',)   # the study measures DiNof as published: its Glow on N(0, I) (the preset's default is the moment base)
 BASELINE = ('sde.t_m=1.0', 'training.w_flow=0', 'sampling.prior=gaussian')   # a score net on [eps, T], the Gaussian prior at T
 TM_SWEEP = (0.2, 0.4, 0.6, 0.8)
 NFES = (10, 20, 50, 100, 200)
@@ -266,8 +267,8 @@ def _mode(trainer: Trainer) -> str:
     return 'joint' if trainer.train_score and trainer.train_flow else ('score-only' if trainer.train_score else 'flow-only')
 
 def train_model(workdir, overrides: Sequence[str] = (), *, steps: int, progress: bool = False, device=None) -> Models:
-    "Train the preset with `overrides` for `steps` steps in `workdir` (resuming whatever is there); its EMA `Models`."
-    cfg = get_config(PRESET, *overrides, f'training.n_iters={steps}')
+    "Train the study's preset (`PRESET`, `STUDY`) with `overrides` for `steps` steps in `workdir` (resuming whatever is there); its EMA `Models`."
+    cfg = get_config(PRESET, *STUDY, *overrides, f'training.n_iters={steps}')
     wd = Path(workdir)
     trainer = Trainer(cfg, wd, device=device, resume=wd.is_dir() and find_checkpoint(wd) is not None, progress=progress)
     start = trainer.step
@@ -288,7 +289,7 @@ def _model(root: Path, name: str, overrides: Sequence[str], steps: int, *, progr
     def exported() -> Models | None:   # the file's models, if it holds `steps` steps of this config
         if not f.is_file(): return None
         m = load_exported(f, device=device)
-        return m if m.step == steps and not config_diff(m.config.to_dict(), get_config(PRESET, *overrides).to_dict()) else None
+        return m if m.step == steps and not config_diff(m.config.to_dict(), get_config(PRESET, *STUDY, *overrides).to_dict()) else None
     if find_checkpoint(wd) is None and (m := exported()) is not None: return m, False
     m = train_model(wd, overrides, steps=steps, progress=progress, device=device)
     return m, exported() is None    # False: the file already holds these models (not rewritten, so git sees no change)

@@ -504,7 +504,7 @@ def _fmnist_small() -> Config:
         data=DataConfig(dataset='fashion_mnist', image_size=28, num_channels=1, random_flip=False),
         sde=SDEConfig(type='vpsde', num_scales=1000, t_m=0.6),
         model=ModelConfig(nf=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(7,), dropout=0., resblock_type='ddpm'),
-        flow=FlowConfig(name='glow', levels=2, depth=2, hidden=32),
+        flow=FlowConfig(name='glow', levels=2, depth=2, hidden=32, base='moments'),   # the Glow on the training set's Gaussian at t_m (24_prior_ladder)
         training=TrainingConfig(batch_size=64, n_iters=750, continuous=True, ema_rate=0.999, ema_warmup=True,
                                 snapshot_freq=500, snapshot_minutes=2., log_freq=25, num_workers=0),
         optim=OptimConfig(lr=2e-3, warmup=100, grad_clip=1.),

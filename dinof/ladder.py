@@ -28,7 +28,7 @@ RUNG_LABELS = {'standard': 'N(0, I) at t_m', 'moments_diag': 'moments, diagonal'
                'glow_joint': "study's joint Glow", 'glow_large': 'Glow x10, flow-only', 'glow_moments': 'Glow x10 on the moment base',
                'exact': 'exact x(t_m)'}
 FLOW_SIZE = ('flow.levels=2', 'flow.depth=8', 'flow.hidden=64')   # 152k parameters: ~10x the study's Glow (15k)
-FLOWS = {'glow_large': FLOW_SIZE, 'glow_moments': (*FLOW_SIZE, 'flow.base=moments')}   # the flows the ladder trains: name -> overrides
+FLOWS = {'glow_large': (*FLOW_SIZE, 'flow.base=standard'), 'glow_moments': (*FLOW_SIZE, 'flow.base=moments')}   # the flows the ladder trains: name -> overrides
 SETTINGS = {'dpm2': dict(method='dpm2', steps=9, schedule='logsnr', n=2000),    # NFE 19: the study's DPM-Solver-2 NFE-20 cell
             'paper': dict(method='pc', steps=None, schedule='uniform', n=1000)}  # DiNof's sampler: N t_m / T steps from t_m
 

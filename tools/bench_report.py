@@ -36,6 +36,21 @@ def _seed_facts(sweep: dict) -> dict:
                         f"({sp['min']:.1f} to {sp['max']:.1f}; trained on a lent GPU as a stand-in for this machine, with the steps that fit its budget)",
             'qs-variants': v}
 
+def _prior_facts(path: pathlib.Path) -> dict:
+    "The quickstart's prior, paired per training seed (`tools/quickstart_priors.py`, `bench/quickstart/priors.json`)."
+    import statistics
+    rows = json.loads(path.read_text())['rows']
+    _fids = lambda rs, prior: ', '.join(f"{r['priors'][prior]['fid']:.1f}" for r in rs)
+    std = [r for r in rows if r['base'] == 'standard']
+    d = [r['priors']['flow']['fid'] - r['priors']['moments']['fid'] for r in std]
+    s = (f"on the same trained networks (the Glow on N(0, I), training seeds {', '.join(str(r['training_seed']) for r in std)}; this CPU), "
+         f"sampling from the moment Gaussian instead of the Glow takes FID from {_fids(std, 'flow')} to {_fids(std, 'moments')}")
+    if len(d) > 1: s += (f": {statistics.mean(d):.1f} ± {statistics.stdev(d):.1f} lower (mean ± sd over training seeds), "
+                         + ('lower on every seed' if all(x > 0 for x in d) else f'lower on {sum(x > 0 for x in d)} of {len(d)} seeds'))
+    mb = [r for r in rows if r['base'] == 'moments']
+    if mb: s += '; the Glow on the moment base, trained as the preset now does: ' + ', '.join(f"{r['priors']['flow']['fid']:.1f} (training seed {r['training_seed']})" for r in mb)
+    return {'qs-priors': s}
+
 def _agreement(bench: pathlib.Path) -> str:
     "What `tools/device_agreement.py` found for the cells drawn on a GPU and drawn again on this CPU."
     rows = [{'method': r['cell'].split('/')[1].split('-')[1], **r} for r in json.loads((bench / 'device_agreement.json').read_text())]
@@ -74,14 +89,15 @@ def facts(root: pathlib.Path = ROOT) -> dict:
                           f"one training seed each, a gap of {b - d:.1f} against a sampling-seed sd of {spread['dpm2']:.1f}")
     sp = res['speed']
     out['speed-ratio'] = f"{sp['paper_ratio']:.2f}"
+    if (pq := root / 'bench' / 'quickstart' / 'priors.json').is_file(): out.update(_prior_facts(pq))
     qs = root / 'bench' / 'quickstart' / 'metrics.json'
     if qs.is_file():
         q = json.loads(qs.read_text()); d = q['domain']
         out['qs-headline'] = (f"domain FID **{d['fid']:.1f}** and KID {d['kid']:.1f} ± {d['kid_std']:.1f}")
         out['qs-classes'] = f"{min(d['class_counts'])} to {max(d['class_counts'])} per class of {d['n']:,}"
-        out['qs-rerun'] = (f"`bench/quickstart/metrics.json` holds a re-run of the job on this machine ({q['training']['steps']:,} steps, "
-                           f"the cores shared with other jobs: {q['seconds']['total']:.0f} s), which gives the FID, KID and class counts "
-                           f"here to the digits shown; the first run's timings were read off the terminal, its metrics.json not kept")
+        out['qs-rerun'] = (f"`bench/quickstart/metrics.json` holds the run quoted here ({q['training']['steps']:,} steps; training "
+                           f"{q['training']['seconds']:.0f} s, sampling {q['sampling']['seconds']:.0f} s, scoring {q['seconds']['scoring']:.0f} s, "
+                           f"the cores shared with other jobs)")
     return out
 
 def fill(text: str, values: dict, where: str = '') -> str:
