@@ -457,6 +457,15 @@ class AffineGaussian(_Flow):
             self.register_buffer('basis', torch.zeros(D, rank, **f64)); self.register_buffer('gain', torch.ones(rank, **f64))
         self.register_buffer('initialized', torch.tensor(False))
 
+    def _apply(self, fn, recurse=True):
+        "Device moves apply to the statistics; dtype casts (`.float()`, `.half()`) leave them float64, unrounded."
+        stats = {k: v for k, v in self._buffers.items() if k != 'initialized' and v is not None}
+        for k in stats: self._buffers[k] = None          # skipped by Module._apply; the order of the state_dict is kept
+        super()._apply(fn, recurse)
+        dev = fn(torch.zeros((), device=next(iter(stats.values())).device)).device
+        for k, v in stats.items(): self._buffers[k] = v.to(dev)
+        return self
+
     @torch.no_grad()
     def set_moments(self, mean: torch.Tensor, cov: torch.Tensor | None = None, *, diag: torch.Tensor | None = None,
                     factor: torch.Tensor | None = None):
