@@ -376,7 +376,7 @@ def tm_table(cells: list[dict], score: str = 'dinof', setting: str = 'dpm2') -> 
     rungs = [r for r in RUNGS if any(row['rung'] == r and setting in row for rows in sweep.values() for row in rows)]
     lines = ['| prior at t_m | ' + ' | '.join(f't_m = {t:g}' for t in sweep) + ' |', '|---|' + '---:|' * len(sweep)]
     for r in rungs:
-        cell = lambda row: (f"{row[setting]['fid']:.1f}" if setting in row else '') + (f" ({row['bpd']:.4f})" if 'bpd' in row else '')
+        cell = lambda row: (f"{row[setting]['fid']:.1f}" + (f" ({row['bpd']:.4f})" if 'bpd' in row else '')) if setting in row else ''
         lines.append(f'| {RUNG_LABELS[r]} | ' + ' | '.join(next((cell(row) for row in rows if row['rung'] == r), '') for rows in sweep.values()) + ' |')
     return '\n'.join(lines)
 
@@ -384,14 +384,14 @@ def plot_tm(cells: list[dict], score: str = 'dinof'):
     "FID against $t_m$, one line per rung and a panel per sampler setting: how much the prior matters as the cut-off moves."
     import matplotlib.pyplot as plt
     sweep, marks = tm_sweep(cells, score), dict(zip(RUNGS, 'osDvP^*'))
-    fig, axs = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axs = plt.subplots(1, 2, figsize=(11, 5))
     for ax, setting in zip(axs, ('dpm2', 'paper')):
         for r in RUNGS:
             pts = [(t, row[setting]['fid']) for t, rows in sweep.items() for row in rows if row['rung'] == r and setting in row]
             if pts: ax.plot(*zip(*pts), marker=marks[r], ls='--' if r == 'exact' else '-', c=f'C{RUNGS.index(r)}', label=RUNG_LABELS[r])
         title = {'dpm2': 'DPM-Solver-2, NFE 19 (N = 2000)', 'paper': "PC, N t_m / T steps (N = 1000)"}[setting]
-        ax.set(title=title, xlabel='t_m', ylabel='domain FID', yscale='log')
-        if ax.lines: ax.legend(fontsize=8)
+        ax.set(title=title, xlabel='t_m', ylabel='domain FID', yscale='log' if setting == 'dpm2' else 'linear')
+        if ax.lines: ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.15), ncol=2)
         else: ax.text(0.5, 0.5, 'not drawn yet', ha='center', va='center', transform=ax.transAxes, color='gray')
     fig.tight_layout()
     return fig
