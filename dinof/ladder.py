@@ -315,7 +315,8 @@ def _use_sentence(rows: dict) -> str:
             for st in ('dpm2', 'paper') if sum(r != 'exact' and st in rows.get(r, {}) for r in RUNGS) >= 3}   # a ranking needs rivals
     drawn = [b for b in best.values() if b]
     if not drawn or len(set(drawn)) > 1: return ''
-    how = {'moments_full': "`sampling.prior='moments'` (`dinof sample --prior moments`): no flow to train",
+    how = {'moments_full': "`sampling.prior='moments'` (`dinof sample --prior moments`), with no flow to train, or a Glow on it "
+                           "(`flow.base='moments'`, the Fashion-MNIST presets' default), which matches it",
            'moments_diag': "the diagonal moment Gaussian", 'standard': "N(0, I) at t_m"}.get(drawn[0], f"`{drawn[0]}`")
     return (f"Of the priors a user can have, {RUNG_LABELS[drawn[0]]} gives the best samples at every setting drawn here "
             f"({', '.join(_SETTING_WORDS[k].split(' (')[0] for k, b in best.items() if b)}): use {how}.")
@@ -483,7 +484,7 @@ def ladder_headline(cells: list[dict], spread: dict | None = None) -> str:
         else: verdicts.append(f"{words}: the best, {RUNG_LABELS[best]}, is {-d:.1f} above it")
     if verdicts:
         win = any('beats it' in v for v in verdicts)
-        out.append(("A learned prior beats the moment Gaussian at " if win else "No learned prior beats the moment Gaussian at any setting drawn (")
+        out.append(("At t_m = 0.6 a learned prior beats the moment Gaussian at " if win else "At t_m = 0.6 no learned prior beats the moment Gaussian at any setting drawn (")
                    + '; '.join(verdicts) + ('.' if win else ').'))
     for st in ('dpm2', 'paper'):
         if len(seed_fids(cells, 'dinof', 'glow_joint', st)) > 1: out.append(seed_summary(cells, st))
