@@ -12,6 +12,7 @@ from .bench import BASELINE, PRESET, domain_scores, export_models, load_exported
 from .core import bcast, check, log_prob_to_bpd, randn, scale_data, to_uint8, uniform_dequantize
 from .data import get_dataset
 from .sampling import FlowPrior, MomentPrior, hybrid_sample
+from .sde import SubVPSDE, VPSDE
 from .train import Models, Trainer, find_checkpoint, training_moments
 from .config import get_config
 
@@ -162,7 +163,7 @@ def _drawn_before(root: Path, score: str, rung: str, s: dict, models: Models, mi
     t_m = models.t_m
     same = lambda r: (r.get('model_id') == mid and abs(r.get('t_m', -1.) - t_m) < 1e-9 and r.get('seed') == seed
                       and all(r.get(k) == s[k] for k in ('method', 'steps', 'schedule', 'n')))
-    at_T = abs(t_m - models.sde.T) < 1e-9 and type(models.sde).__name__ in ('VPSDE', 'SubVPSDE')
+    at_T = abs(t_m - models.sde.T) < 1e-9 and isinstance(models.sde, (VPSDE, SubVPSDE))
     study_prior = {'glow_joint': 'flow', **({'standard': 'gaussian'} if at_T else {})}.get(rung)
     if study_prior:
         for f in sorted((root / 'points' / score).glob('*.json')):
@@ -267,6 +268,16 @@ def study_references(root='bench/fashion_mnist') -> dict:
         if (r['model'], r['steps'], r['n']) == ('dinof', 600, 1000): out['DiNof from the exact x(0.6), 600 steps'] = r['fid']
     return out
 
+def _vs_moments(have: dict, sd: float | None) -> tuple | None:
+    """The best learned rung of `have` (rung -> FID) against the full-covariance moment Gaussian: `(best, d, kind)` with
+    `d` the moment Gaussian's FID minus the best's and `kind` `'win'` (`d` more than twice the sampling-seed `sd`),
+    `'noise'` (ahead, but not by that, or no `sd`) or `'loss'`; None without both."""
+    learned = [r for r in _LEARNED if r in have]
+    if 'moments_full' not in have or not learned: return None
+    best = min(learned, key=have.get)
+    d = have['moments_full'] - have[best]
+    return best, d, 'win' if d > 0 and sd is not None and d > 2 * sd else 'noise' if d > 0 else 'loss'
+
 def ladder_summary(cells: list[dict], spread: dict | None = None, score: str = 'dinof', references: dict | None = None) -> str:
     """One plain paragraph from the stored cells: per sampler setting the FID from N(0, I), the moment Gaussian, the best
     learned prior and the exact x(t_m); the share of the exact prior's gain each recovers; and whether a learned prior
@@ -296,14 +307,13 @@ def ladder_summary(cells: list[dict], spread: dict | None = None, score: str = '
             gain = lambda r: 100 * (have['standard'] - have[r]) / (have['standard'] - have['exact'])
             s += " Share of the exact prior's gain over N(0, I) recovered: " + '; '.join(f"{RUNG_LABELS[r]} {gain(r):.0f}%" for r in RUNGS
                                                                                      if r in have and r not in ('standard', 'exact')) + '.'
-        learned = [r for r in _LEARNED if r in have]
-        if learned:
-            best = min(learned, key=lambda r: have[r])
-            d, sd = have['moments_full'] - have[best], spread.get(setting)
+        sd = spread.get(setting)
+        if (vs := _vs_moments(have, sd)):
+            best, d, kind = vs
             noise = f" (the sampling-seed sd here is {sd:.1f})" if sd is not None else ' (no seed spread measured here)'
-            if d > 0 and sd is not None and d > 2 * sd:
+            if kind == 'win':
                 s += f" The best learned prior, {RUNG_LABELS[best]}, beats the moment Gaussian by {d:.1f} FID, more than twice the sampling-seed sd{noise[noise.index(' here'):-1]})."
-            elif d > 0: s += f" The best learned prior, {RUNG_LABELS[best]}, is {d:.1f} FID below the moment Gaussian: within the noise{noise}, no winner."
+            elif kind == 'noise': s += f" The best learned prior, {RUNG_LABELS[best]}, is {d:.1f} FID below the moment Gaussian: within the noise{noise}, no winner."
             else: s += f" No learned prior beats the moment Gaussian: the best, {RUNG_LABELS[best]}, is {-d:.1f} FID above it{noise}."
         out.append(s)
     if (use := _use_sentence(rows)): out.append(use)
@@ -435,11 +445,12 @@ def seed_summary(cells: list[dict], setting: str = 'dpm2') -> str:
         d = torch.tensor([a[s] - b[s] for s in both], dtype=torch.float64)
         if paired: sd = float(d.std())
         else: sd = (_mean_sd(a[s] for s in both)[1] ** 2 + _mean_sd(b[s] for s in both)[1] ** 2) ** .5
-        lo = name_b if d.mean() > 0 else name_a
-        same_sign = bool((d > 0).all() or (d < 0).all())
-        if same_sign and abs(float(d.mean())) > 2 * sd:
-            return f"{lo} is better on every seed, by {abs(float(d.mean())):.1f} FID on average, more than twice the training-seed sd of the difference ({sd:.1f})."
-        return f"{lo} is ahead by {abs(float(d.mean())):.1f} FID on average, within twice the training-seed sd of the difference ({sd:.1f}): no winner."
+        lo, gap = name_b if d.mean() > 0 else name_a, abs(float(d.mean()))
+        if not bool((d > 0).all() or (d < 0).all()):   # implied by the 2-sd rule below six seeds, not beyond
+            return f"{lo} is ahead by {gap:.1f} FID on average, but not on every seed: no winner."
+        if gap > 2 * sd:
+            return f"{lo} is better on every seed, by {gap:.1f} FID on average, more than twice the training-seed sd of the difference ({sd:.1f})."
+        return f"{lo} is ahead by {gap:.1f} FID on average, within twice the training-seed sd of the difference ({sd:.1f}): no winner."
     if flow and mom: out.append(verdict(flow, mom, "DiNof from its Glow", "DiNof from the moment Gaussian", True))
     if flow and base: out.append(verdict(flow, base, "DiNof from its Glow", "the baseline", False))
     if mom and base: out.append(verdict(mom, base, "DiNof from the moment Gaussian", "the baseline", False))
@@ -471,19 +482,15 @@ def ladder_headline(cells: list[dict], spread: dict | None = None) -> str:
         short = {'moments_full': 'the moment Gaussian', 'glow_joint': "the study's Glow"}
         if have: out.append(f"With {_SETTING_WORDS[st].split(' (')[0]} {short[have[0]]} recovers {gain(have[0]):.0f}% of the exact prior's gain over "
                             "N(0, I)" + ''.join(f", {short[r]} {gain(r):.0f}%" for r in have[1:]) + '.')
-    verdicts = []
+    verdicts, win = [], False
     for st in ('dpm2', 'paper'):
-        learned = [r for r in _LEARNED if f(r, st) is not None]
-        if f('moments_full', st) is None or not learned: continue
-        best = min(learned, key=lambda r: f(r, st))
-        d = f('moments_full', st) - f(best, st)
-        sd = spread.get(st)
-        words = _SETTING_WORDS[st].split(' (')[0]
-        if d > 0 and sd is not None and d > 2 * sd: verdicts.append(f"{words}: {RUNG_LABELS[best]} beats it by {d:.1f}, beyond twice the sampling-seed sd")
-        elif d > 0: verdicts.append(f"{words}: {RUNG_LABELS[best]} is {d:.1f} lower, within the sampling noise")
-        else: verdicts.append(f"{words}: the best, {RUNG_LABELS[best]}, is {-d:.1f} above it")
+        if not (vs := _vs_moments({r: f(r, st) for r in RUNGS if f(r, st) is not None}, spread.get(st))): continue
+        (best, d, kind), words = vs, _SETTING_WORDS[st].split(' (')[0]
+        win |= kind == 'win'
+        verdicts.append(f"{words}: {RUNG_LABELS[best]} beats it by {d:.1f}, beyond twice the sampling-seed sd" if kind == 'win' else
+                        f"{words}: {RUNG_LABELS[best]} is {d:.1f} lower, within the sampling noise" if kind == 'noise' else
+                        f"{words}: the best, {RUNG_LABELS[best]}, is {-d:.1f} above it")
     if verdicts:
-        win = any('beats it' in v for v in verdicts)
         out.append(("At t_m = 0.6 a learned prior beats the moment Gaussian at " if win else "At t_m = 0.6 no learned prior beats the moment Gaussian at any setting drawn (")
                    + '; '.join(verdicts) + ('.' if win else ').'))
     for st in ('dpm2', 'paper'):
