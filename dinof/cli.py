@@ -192,7 +192,8 @@ def _train_args(p):
     p.add_argument('--workdir', default=None, help='folder of the run: checkpoints, log.jsonl, previews (default: runs/NAME)')
     _set_arg(p, 'settings of the config')
     p.add_argument('--resume', action='store_true', help="continue the workdir's run from its latest checkpoint (start one if there is none)")
-    p.add_argument('--steps', type=int, default=None, help='train this many more steps (default: up to training.n_iters)')
+    p.add_argument('--steps', type=int, default=None, help='train this many more steps (default: up to training.n_iters); 0 writes the run as it stands, e.g. a score_sde checkpoint '
+                        'under training.score_checkpoint as a dinof one, to sample with --prior moments')
     p.add_argument('--dist-timeout', type=float, default=None, metavar='SECONDS',
                    help='under torchrun: how long a process waits for the others before giving up (default: 600)')
     _device_progress(p)
@@ -201,7 +202,7 @@ def _train_args(p):
 def _train(args):
     from pathlib import Path
     from dinof.config import PRESETS, Config, get_config
-    _positive('--steps', args.steps)
+    _positive('--steps', args.steps, 0)
     if args.dist_timeout is not None and not 0 < args.dist_timeout < float('inf'):
         raise ValueError(f'--dist-timeout: must be a number of seconds > 0, got {args.dist_timeout:g}')
     if args.preset is not None:

@@ -242,6 +242,38 @@ def test_flow_only_on_a_score_sde_checkpoint(tmp_path):
     t2 = Trainer(cfg.override('training.n_iters=35'), tmp_path / 'run', progress=False, resume=True)
     assert t2.cfg.model.nf == 16 and t2.step == 30
 
+def test_a_score_sde_checkpoint_samples_from_the_moments_with_no_training(tmp_path):
+    """Issue 22: a published score model plus its training set's moments is a truncated sampler with no training at all.
+    `dinof train --steps 0` writes the score_sde network as a dinof checkpoint (its weights bit for bit), and `dinof sample
+    --prior moments` draws from the images' moment Gaussian at t_m through it."""
+    from dinof import nets
+    from dinof.cli import main
+    from dinof.core import scale_data, to_uint8
+    _image_folder(tmp_path / 'images')
+    run, sets = tmp_path / 'run', ['data.dataset=image_folder', f'data.root={tmp_path / "images"}', 'data.random_flip=false',
+                                   f'training.score_checkpoint={FIXTURE}', 'training.w_score=0', 'training.batch_size=16',
+                                   'flow.levels=2', 'flow.depth=2', 'flow.hidden=16']
+    assert main(['train', '--preset', 've_cifar10_ncsnpp_continuous', '--workdir', str(run), '--steps', '0', '--no-progress',
+                 '--device', 'cpu', *[a for kv in sets for a in ('--set', kv)]]) == 0
+    ck = run / 'ckpt_00000000.pt'
+    m = load_models(ck, device='cpu')
+    want = nets.load_score_sde_checkpoint(FIXTURE, m.config.model_dict())
+    assert m.step == 0 and all(torch.equal(m.score_model.net.state_dict()[k], v) for k, v in want.state_dict().items())
+    # the prior is the images' Gaussian at t_m: VE leaves the mean where it was
+    images = scale_data(torch.stack(_folder_images(tmp_path / 'images')), False).flatten(1).double()
+    p = m.prior('moments')
+    assert p.t_m == m.t_m and torch.allclose(p.moments.mean, images.mean(0), atol=1e-6)
+    fast = ['--n', '2', '--method', 'euler', '--steps', '2', '--no-progress', '--device', 'cpu']
+    assert main(['sample', '--checkpoint', str(ck), '--prior', 'moments', *fast, '--out', str(tmp_path / 'm.npz')]) == 0
+    with np.load(tmp_path / 'm.npz') as z: s = z['samples']
+    got = to_uint8(m.sample(2, 'moments', seed=0, method='euler', steps=2).samples, False).numpy()
+    assert s.shape == (2, 3, 32, 32) and np.abs(s.astype(int) - got).max() <= 1
+
+def _folder_images(root: Path):
+    "The images `_image_folder` wrote, as [0, 1] tensors in file order (what the dataset reads)."
+    from PIL import Image
+    return [torch.from_numpy(np.asarray(Image.open(f), dtype=np.float32) / 255.).permute(2, 0, 1) for f in sorted(root.glob('*.png'))]
+
 DEAD = textwrap.dedent('''
     import os, signal, sys, torch
     torch.set_num_threads(1)
