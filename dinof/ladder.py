@@ -20,8 +20,8 @@ from .config import get_config
 __all__ = ['RUNGS', 'RUNG_LABELS', 'FLOW_SIZE', 'FLOWS', 'SETTINGS', 'STUDY_STEPS', 'CONTROLS', 'StandardPrior', 'ExactPrior',
            'training_images', 'digest', 'cpu_name', 'train_flow', 'ladder_priors', 'prior_bpd', 'sample_cell',
            'bench_prior', 'load_ladder', 'ladder_rows', 'ladder_table', 'sampling_spread', 'study_references',
-           'ladder_summary', 'plot_ladder', 'train_control', 'tm_sweep', 'tm_table', 'plot_tm', 'seed_fids',
-           'seed_summary', 'ladder_headline']
+           'ladder_summary', 'plot_ladder', 'score_file', 'train_control', 'tm_sweep', 'tm_table', 'plot_tm',
+           'seed_fids', 'seed_summary', 'ladder_headline']
 
 # %% ../nbs/12a_ladder.ipynb #33fca3d1
 RUNGS = ('standard', 'moments_diag', 'moments_full', 'glow_joint', 'glow_large', 'glow_moments', 'exact')
@@ -179,7 +179,7 @@ _ADOPTED = ('method', 'steps', 'schedule', 'nfe', 'n', 'seed', 'fid', 'kid', 'ki
 
 def bench_prior(root='bench/fashion_mnist', score: str = 'dinof', rungs: Sequence[str] = RUNGS, settings: Sequence[str] | dict = ('dpm2', 'paper'),
                 *, flow_steps: int = 1500, seed: int = 0, t_m: float | None = None, device=None, compile: bool = False) -> list[dict]:
-    """The ladder's cells for the score network of `root/models/score.pt` (at its own $t_m$, or `t_m` inside its interval;
+    """The ladder's cells for the score network of `score_file(root, score)` (at its own $t_m$, or `t_m` inside its interval;
     a name of `CONTROLS` is trained first where it is not exported yet):
     each rung's held-out bits/dim, then each sampler setting (names of `SETTINGS`, or a dict name -> settings). A cell is a JSON file under `root/ladder/cells`, re-drawn
     only when its key (score network, prior, settings, N, seed) changed: a run resumes where the last one stopped. A cell
@@ -190,7 +190,7 @@ def bench_prior(root='bench/fashion_mnist', score: str = 'dinof', rungs: Sequenc
     if not isinstance(settings, dict):
         for k in settings: check('settings', k in SETTINGS, f'{k!r} is unknown; known: {", ".join(SETTINGS)}')
     if score in CONTROLS: train_control(root, score, device=device)   # trained (resumed) first where not exported yet
-    models = load_exported(root / 'models' / f'{score}.pt', device=device)
+    models = load_exported(score_file(root, score), device=device)
     mid = model_id(models)
     if t_m is not None:   # a lower cut-off inside the interval the score network was trained on
         check('t_m', models.sde.eps < t_m <= models.t_m + 1e-9, f"must be inside the score network's interval (eps, {models.t_m:g}], got {t_m}")
@@ -356,13 +356,17 @@ CONTROLS = {'score_only': ('training.w_flow=0',),   # DiNof's score network trai
             **{f'dinof-seed{s}': (f'training.seed={s}',) for s in (1, 2)},
             **{f'baseline-seed{s}': (*BASELINE, f'training.seed={s}') for s in (1, 2)}}
 
+def score_file(root, score: str) -> Path:
+    "Where the score network `score` is exported: `root/models` for the study's models, `root/ladder/models` for `CONTROLS`."
+    return Path(root) / ('ladder/models' if score in CONTROLS else 'models') / f'{score}.pt'
+
 def train_control(root, name: str, steps: int = STUDY_STEPS, *, device=None, progress: bool = False) -> Models:
     """The control `name` of `CONTROLS`: `PRESET` with its overrides for `steps` steps, trained (or resumed) in
-    `root/runs/name` and exported to `root/models/name.pt`; an exported file of `steps` steps is returned as it is."""
+    `root/ladder/runs/name` and exported to `score_file(root, name)`; an exported file of `steps` steps is returned as it is."""
     check('name', name in CONTROLS, f'{name!r} is not a control; known: {", ".join(CONTROLS)}')
-    out = Path(root) / 'models' / f'{name}.pt'
+    out = score_file(root, name)
     if out.is_file() and (m := load_exported(out, device=device)).step >= steps: return m
-    m = train_model(Path(root) / 'runs' / name, CONTROLS[name], steps=steps, device=device, progress=progress)
+    m = train_model(Path(root) / 'ladder' / 'runs' / name, CONTROLS[name], steps=steps, device=device, progress=progress)
     export_models(m, out, f'{PRESET} {" ".join(CONTROLS[name])}, {steps} steps (a control of the prior ladder)')
     return m
 
