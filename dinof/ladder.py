@@ -432,6 +432,20 @@ def _mean_sd(v) -> tuple[float, float | None]:
     t = torch.tensor(list(v), dtype=torch.float64)
     return float(t.mean()), (float(t.std()) if len(t) > 1 else None)
 
+def _seed_verdict(a: dict, b: dict, paired: bool) -> tuple | None:
+    """Two FIDs by training seed, `a` and `b` (lower is better), on the seeds both have: `(lower, gap, sd, kind)`, `lower`
+    `'a'` or `'b'` (by the mean), `gap` the mean difference's size, `sd` the training-seed sd of the difference (of the
+    paired differences, or from the two spreads), `kind` `'win'` (lower on every seed and `gap > 2 sd`), `'mixed'` (not
+    lower on every seed) or `'noise'`; None with fewer than two seeds in common."""
+    both = sorted(set(a) & set(b))
+    if len(both) < 2: return None
+    d = torch.tensor([a[s] - b[s] for s in both], dtype=torch.float64)
+    sd = float(d.std()) if paired else (_mean_sd(a[s] for s in both)[1] ** 2 + _mean_sd(b[s] for s in both)[1] ** 2) ** .5
+    gap = abs(float(d.mean()))
+    if not bool((d > 0).all() or (d < 0).all()): kind = 'mixed'   # implied by the 2-sd rule below six seeds, not beyond
+    else: kind = 'win' if gap > 2 * sd else 'noise'
+    return 'b' if d.mean() > 0 else 'a', gap, sd, kind
+
 def seed_summary(cells: list[dict], setting: str = 'dpm2') -> str:
     """Over training seeds, at one sampler `setting`: DiNof from its joint Glow and from the moment Gaussian (paired: the
     same score network), and the baseline from $\\mathcal N(0, I)$ at $T$. A prior or a model is named the winner only when
@@ -444,15 +458,10 @@ def seed_summary(cells: list[dict], setting: str = 'dpm2') -> str:
     seeds = sorted(set(flow) | set(mom) | set(base))
     out = [f"Over training seeds {', '.join(map(str, seeds))}, {_SETTING_WORDS[setting].split(' (')[0]}: " + '; '.join(parts) + '.']
     def verdict(a: dict, b: dict, name_a: str, name_b: str, paired: bool) -> str:
-        both = sorted(set(a) & set(b))
-        if len(both) < 2: return 
-        d = torch.tensor([a[s] - b[s] for s in both], dtype=torch.float64)
-        if paired: sd = float(d.std())
-        else: sd = (_mean_sd(a[s] for s in both)[1] ** 2 + _mean_sd(b[s] for s in both)[1] ** 2) ** .5
-        lo, gap = name_b if d.mean() > 0 else name_a, abs(float(d.mean()))
-        if not bool((d > 0).all() or (d < 0).all()):   # implied by the 2-sd rule below six seeds, not beyond
-            return f"{lo} is ahead by {gap:.1f} FID on average, but not on every seed: no winner."
-        if gap > 2 * sd:
+        if not (v := _seed_verdict(a, b, paired)): return ''
+        lo, gap, sd, kind = name_b if v[0] == 'b' else name_a, *v[1:]
+        if kind == 'mixed': return f"{lo} is ahead by {gap:.1f} FID on average, but not on every seed: no winner."
+        if kind == 'win':
             return f"{lo} is better on every seed, by {gap:.1f} FID on average, more than twice the training-seed sd of the difference ({sd:.1f})."
         return f"{lo} is ahead by {gap:.1f} FID on average, within twice the training-seed sd of the difference ({sd:.1f}): no winner."
     if flow and mom: out.append(verdict(flow, mom, "DiNof from its Glow", "DiNof from the moment Gaussian", True))
@@ -479,13 +488,15 @@ def ladder_headline(cells: list[dict], spread: dict | None = None) -> str:
     if not drawn: return ''
     out.append("Same score network (DiNof's), only the prior at t_m = 0.6 changed; FID at DPM-Solver-2 NFE 19 / the paper's PC, "
                "600 steps: " + '; '.join(f'{RUNG_LABELS[r]} {both(r)}' for r in drawn) + '.')
-    for st in ('dpm2', 'paper'):
+    short, gains = {'moments_full': 'the moment Gaussian', 'glow_joint': "the study's Glow"}, {}
+    for st in ('dpm2', 'paper'):   # the share of the exact prior's gain over N(0, I) a rung recovers, per setting
         if None in (f('standard', st), f('exact', st)) or f('standard', st) <= f('exact', st): continue
-        gain = lambda r: 100 * (f('standard', st) - f(r, st)) / (f('standard', st) - f('exact', st))
-        have = [r for r in ('moments_full', 'glow_joint') if f(r, st) is not None]
-        short = {'moments_full': 'the moment Gaussian', 'glow_joint': "the study's Glow"}
-        if have: out.append(f"With {_SETTING_WORDS[st].split(' (')[0]} {short[have[0]]} recovers {gain(have[0]):.0f}% of the exact prior's gain over "
-                            "N(0, I)" + ''.join(f", {short[r]} {gain(r):.0f}%" for r in have[1:]) + '.')
+        for r in short:
+            if f(r, st) is not None: gains.setdefault(r, {})[st] = 100 * (f('standard', st) - f(r, st)) / (f('standard', st) - f('exact', st))
+    if gains:
+        words = {'dpm2': 'at DPM-Solver-2', 'paper': "at the paper's PC"}
+        out.append("Of the exact prior's gain over N(0, I), " + '; '.join(
+            f"{short[r]} recovers " + ' and '.join(f"{g:.0f}% {words[st]}" for st, g in gains[r].items()) for r in gains) + '.')
     verdicts, win = [], False
     for st in ('dpm2', 'paper'):
         if not (vs := _vs_moments({r: f(r, st) for r in RUNGS if f(r, st) is not None}, spread.get(st))): continue
@@ -497,8 +508,16 @@ def ladder_headline(cells: list[dict], spread: dict | None = None) -> str:
     if verdicts:
         out.append(("At t_m = 0.6 a learned prior beats the moment Gaussian at " if win else "At t_m = 0.6 no learned prior beats the moment Gaussian at any setting drawn (")
                    + '; '.join(verdicts) + ('.' if win else ').'))
-    for st in ('dpm2', 'paper'):
-        if len(seed_fids(cells, 'dinof', 'glow_joint', st)) > 1: out.append(seed_summary(cells, st))
+    for st in ('dpm2', 'paper'):   # training seeds, once two are drawn (the long form: `seed_summary`)
+        flow, mom = seed_fids(cells, 'dinof', 'glow_joint', st), seed_fids(cells, 'dinof', 'moments_full', st)
+        if not (v := _seed_verdict(mom, flow, True)): continue
+        seeds = sorted(set(flow) & set(mom))
+        ms = lambda d: '{:.1f} ± {:.1f}'.format(*_mean_sd(d[s] for s in seeds))
+        lo = 'the moment Gaussian' if v[0] == 'a' else 'its Glow'
+        out.append(f"Over training seeds {', '.join(map(str, seeds))} ({_SETTING_WORDS[st].split(' (')[0]}), DiNof's network scores {ms(mom)} from "
+                   f"the moment Gaussian and {ms(flow)} from its own Glow: " + {'win': f'{lo} is lower on every seed, by more than twice the training-seed sd of the difference ({v[2]:.1f}).',
+                                                                               'mixed': f'{lo} is lower on average but not on every seed: no winner.',
+                                                                               'noise': f'{lo} is lower, within twice the training-seed sd of the difference ({v[2]:.1f}): no winner.'}[v[3]])
     b_mom, b_T = f('moments_full', 'dpm2', 'baseline-tm0.6'), f('standard', 'dpm2', 'baseline')
     if b_mom is not None and b_T is not None:
         out.append(f"The baseline's score network, trained on [eps, T] with no flow, started from the moment Gaussian at 0.6 scores "
