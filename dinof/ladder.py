@@ -17,11 +17,11 @@ from .train import Models, Trainer, find_checkpoint, training_moments
 from .config import get_config
 
 # %% auto #0
-__all__ = ['RUNGS', 'RUNG_LABELS', 'FLOW_SIZE', 'FLOWS', 'SETTINGS', 'STUDY_STEPS', 'CONTROLS', 'StandardPrior', 'ExactPrior',
-           'training_images', 'digest', 'cpu_name', 'train_flow', 'ladder_priors', 'prior_bpd', 'sample_cell',
-           'bench_prior', 'load_ladder', 'ladder_rows', 'ladder_table', 'sampling_spread', 'study_references',
-           'ladder_summary', 'plot_ladder', 'score_file', 'train_control', 'tm_sweep', 'tm_table', 'plot_tm',
-           'seed_fids', 'seed_summary', 'ladder_headline']
+__all__ = ['RUNGS', 'RUNG_LABELS', 'FLOW_SIZE', 'FLOWS', 'SETTINGS', 'STUDY_STEPS', 'CONTROLS', 'PLAN', 'StandardPrior',
+           'ExactPrior', 'training_images', 'digest', 'cpu_name', 'train_flow', 'ladder_priors', 'prior_bpd',
+           'sample_cell', 'bench_prior', 'load_ladder', 'ladder_rows', 'ladder_table', 'sampling_spread',
+           'study_references', 'ladder_summary', 'plot_ladder', 'score_file', 'train_control', 'tm_sweep', 'tm_table',
+           'plot_tm', 'seed_fids', 'seed_summary', 'ladder_headline', 'ladder_todo']
 
 # %% ../nbs/12a_ladder.ipynb #33fca3d1
 RUNGS = ('standard', 'moments_diag', 'moments_full', 'glow_joint', 'glow_large', 'glow_moments', 'exact')
@@ -456,7 +456,7 @@ def seed_summary(cells: list[dict], setting: str = 'dpm2') -> str:
                                                      ("the baseline from N(0, I) at T", base)) if d]
     if not parts: return ''
     seeds = sorted(set(flow) | set(mom) | set(base))
-    out = [f"Over training seeds {', '.join(map(str, seeds))}, {_SETTING_WORDS[setting].split(' (')[0]}: " + '; '.join(parts) + '.']
+    out = [f"Over training seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, {_SETTING_WORDS[setting].split(' (')[0]}: " + '; '.join(parts) + '.']
     def verdict(a: dict, b: dict, name_a: str, name_b: str, paired: bool) -> str:
         if not (v := _seed_verdict(a, b, paired)): return ''
         lo, gap, sd, kind = name_b if v[0] == 'b' else name_a, *v[1:]
@@ -531,3 +531,24 @@ def ladder_headline(cells: list[dict], spread: dict | None = None) -> str:
     if (use := _use_sentence({r['rung']: r for r in ladder_rows(cells, 'dinof')})): out.append(use)
     return ' '.join(out)
 
+
+# %% ../nbs/12a_ladder.ipynb #e1a7c0d2
+_CORE = ('standard', 'moments_full', 'glow_moments', 'exact')
+PLAN = {'dinof': ('dinof', None, RUNGS),                      # tag of the cells -> (score network, t_m override, rungs)
+        'baseline-tm0.6': ('baseline', 0.6, _CORE),
+        'baseline': ('baseline', None, ('standard',)),         # the baseline as the study samples it: N(0, I) at T
+        'score_only': ('score_only', None, ('standard', 'moments_full', 'exact')),
+        **{f'{m}-seed{s}': (f'{m}-seed{s}', None, ('standard', 'moments_full', 'glow_joint') if m == 'dinof' else ('standard',))
+           for m in ('dinof', 'baseline') for s in (1, 2)},
+        'dinof-tm0.4': ('dinof', 0.4, _CORE), 'dinof-tm0.2': ('dinof', 0.2, _CORE)}
+
+def ladder_todo(cells: list[dict], settings: Sequence[str] = ('dpm2', 'paper')) -> list[str]:
+    """The `dinof bench prior` commands that draw what `PLAN` holds and the stored `cells` lack (a rung's FID at each of
+    `settings`, with its held-out bits/dim where it has a density), one per tag and setting, the cheap setting first."""
+    have = {(c['score'], c['rung'], c.get('setting', 'bpd')) for c in cells}
+    out = []
+    for st in settings:
+        for tag, (score, t_m, rungs) in PLAN.items():
+            miss = [r for r in rungs if (tag, r, st) not in have or (r != 'exact' and (tag, r, 'bpd') not in have)]
+            if miss: out.append(f"dinof bench prior --score {score}{f' --t-m {t_m:g}' if t_m else ''} --rungs {','.join(miss)} --settings {st}")
+    return out
