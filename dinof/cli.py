@@ -452,6 +452,7 @@ def _bench_args(p):
     p.add_argument('--settings', default='dpm2,paper', help='prior: comma-separated sampler settings of dinof.ladder.SETTINGS (default: dpm2,paper)')
     p.add_argument('--flow-steps', type=int, default=1500, help='prior: training steps of the flows the ladder trains (default: 1500)')
     p.add_argument('--t-m', type=float, default=None, help="prior: a cut-off below the score network's own (default: its own)")
+    p.add_argument('--todo', action='store_true', help='prior: print the commands that draw what dinof.ladder.PLAN holds and the stored cells lack, draw nothing')
     _device_progress(p)
 
 @command('bench', 'The Fashion-MNIST study: DiNof against the Gaussian prior at equal NFE (quality), the samplers\' speed (speed), or the prior ladder (prior).', _bench_args)
@@ -470,7 +471,10 @@ def _bench(args):
     _writable_folder(args.root, '--root')
     root = Path(args.root)
     if args.what == 'prior':
-        from dinof.ladder import CONTROLS, RUNGS, bench_prior, ladder_table, load_ladder
+        from dinof.ladder import CONTROLS, RUNGS, bench_prior, ladder_table, ladder_todo, load_ladder
+        if args.todo:
+            print('\n'.join(ladder_todo(load_ladder(root))) or 'every cell of dinof.ladder.PLAN is drawn')
+            return 0
         _positive('--flow-steps', args.flow_steps)
         f = root / 'models' / f'{args.score}.pt'
         if not f.is_file() and args.score not in CONTROLS:

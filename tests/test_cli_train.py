@@ -207,4 +207,16 @@ def test_bench_prior_bad_input_is_one_line(tmp_path):
     # a control is trained first, but bad rungs or settings are refused before an hour of training starts
     one_line_error(dinof('bench', 'prior', '--root', tmp_path, '--score', 'score_only', '--rungs', 'gaussian'), 'rungs:')
     one_line_error(dinof('bench', 'prior', '--root', tmp_path, '--score', 'dinof-seed1', '--settings', 'fast'), 'settings:')
-    assert not (tmp_path / 'runs').exists() and not (tmp_path / 'models').exists()
+    assert not any((tmp_path / d).exists() for d in ('runs', 'models', 'ladder/runs', 'ladder/models'))
+
+def test_bench_prior_todo_lists_what_is_left(tmp_path, capsys):
+    "`dinof bench prior --todo` prints `ladder_todo`'s commands for the stored cells and draws nothing."
+    from dinof.cli import main
+    from dinof.ladder import PLAN, ladder_todo, load_ladder
+    assert main(['bench', 'prior', '--root', str(tmp_path), '--todo']) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 * len(PLAN) and out[0].startswith('dinof bench prior --score dinof --rungs standard,') and out[0].endswith('--settings dpm2')
+    assert not (tmp_path / 'ladder').exists()
+    root = SHIPPED.parent
+    assert main(['bench', 'prior', '--root', str(root), '--todo']) == 0
+    assert capsys.readouterr().out.splitlines() == (ladder_todo(load_ladder(root)) or ['every cell of dinof.ladder.PLAN is drawn'])
