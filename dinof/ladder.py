@@ -518,6 +518,13 @@ def ladder_headline(cells: list[dict], spread: dict | None = None) -> str:
                    f"the moment Gaussian and {ms(flow)} from its own Glow: " + {'win': f'{lo} is lower on every seed, by more than twice the training-seed sd of the difference ({v[2]:.1f}).',
                                                                                'mixed': f'{lo} is lower on average but not on every seed: no winner.',
                                                                                'noise': f'{lo} is lower, within twice the training-seed sd of the difference ({v[2]:.1f}): no winner.'}[v[3]])
+        base = seed_fids(cells, 'baseline', 'standard', st)
+        if not (vb := _seed_verdict(flow, base, False)): continue
+        said = lambda v: (f"{'lower' if v[0] == 'a' else 'higher'} by {v[1]:.1f}, " + {'win': f'on every seed and by more than twice the training-seed sd ({v[2]:.1f})',
+                          'mixed': 'not on every seed: no winner', 'noise': f'within twice the training-seed sd ({v[2]:.1f}): no winner'}[v[3]])
+        vm = _seed_verdict(mom, base, False)
+        out.append(f"Against the baseline from N(0, I) at T ({'{:.1f} ± {:.1f}'.format(*_mean_sd(base.values()))} over seeds {', '.join(map(str, sorted(base)))}), "
+                   f"DiNof from its own Glow is {said(vb)}" + (f"; from the moment Gaussian, {said(vm)}" if vm else '') + '.')
     b_mom, b_T = f('moments_full', 'dpm2', 'baseline-tm0.6'), f('standard', 'dpm2', 'baseline')
     if b_mom is not None and b_T is not None:
         out.append(f"The baseline's score network, trained on [eps, T] with no flow, started from the moment Gaussian at 0.6 scores "
