@@ -471,12 +471,12 @@ def _bench(args):
     _writable_folder(args.root, '--root')
     root = Path(args.root)
     if args.what == 'prior':
-        from dinof.ladder import CONTROLS, RUNGS, bench_prior, ladder_table, ladder_todo, load_ladder
+        from dinof.ladder import CONTROLS, RUNGS, bench_prior, ladder_table, ladder_todo, load_ladder, score_file
         if args.todo:
             print('\n'.join(ladder_todo(load_ladder(root))) or 'every cell of dinof.ladder.PLAN is drawn')
             return 0
         _positive('--flow-steps', args.flow_steps)
-        f = root / 'models' / f'{args.score}.pt'
+        f = score_file(root, args.score)
         if not f.is_file() and args.score not in CONTROLS:
             raise FileNotFoundError(f'--score: {f} does not exist (the study\'s exported models are in {root / "models"}; '
                                     f'controls, trained first: {", ".join(CONTROLS)})')

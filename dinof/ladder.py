@@ -432,6 +432,8 @@ def _mean_sd(v) -> tuple[float, float | None]:
     t = torch.tensor(list(v), dtype=torch.float64)
     return float(t.mean()), (float(t.std()) if len(t) > 1 else None)
 
+def _pm(v) -> str: return '{:.1f} ± {:.1f}'.format(*_mean_sd(v))   # mean ± sd of two or more FIDs
+
 def _seed_verdict(a: dict, b: dict, paired: bool) -> tuple | None:
     """Two FIDs by training seed, `a` and `b` (lower is better), on the seeds both have: `(lower, gap, sd, kind)`, `lower`
     `'a'` or `'b'` (by the mean), `gap` the mean difference's size, `sd` the training-seed sd of the difference (of the
@@ -451,7 +453,7 @@ def seed_summary(cells: list[dict], setting: str = 'dpm2') -> str:
     same score network), and the baseline from $\\mathcal N(0, I)$ at $T$. A prior or a model is named the winner only when
     every seed drawn agrees and the mean gap exceeds twice the sd of a difference over training seeds."""
     flow, mom, base = (seed_fids(cells, m, r, setting) for m, r in (('dinof', 'glow_joint'), ('dinof', 'moments_full'), ('baseline', 'standard')))
-    fmt = lambda d: ', '.join(f'{v:.1f}' for v in d.values()) + (f' (mean {_mean_sd(d.values())[0]:.1f} ± {_mean_sd(d.values())[1]:.1f})' if len(d) > 1 else '')
+    fmt = lambda d: ', '.join(f'{v:.1f}' for v in d.values()) + (f' (mean {_pm(d.values())})' if len(d) > 1 else '')
     parts = [f"{label}: {fmt(d)}" for label, d in (("DiNof from its Glow", flow), ("DiNof from the moment Gaussian", mom),
                                                      ("the baseline from N(0, I) at T", base)) if d]
     if not parts: return ''
@@ -512,7 +514,7 @@ def ladder_headline(cells: list[dict], spread: dict | None = None) -> str:
         flow, mom = seed_fids(cells, 'dinof', 'glow_joint', st), seed_fids(cells, 'dinof', 'moments_full', st)
         if not (v := _seed_verdict(mom, flow, True)): continue
         seeds = sorted(set(flow) & set(mom))
-        ms = lambda d: '{:.1f} ± {:.1f}'.format(*_mean_sd(d[s] for s in seeds))
+        ms = lambda d: _pm(d[s] for s in seeds)
         lo = 'the moment Gaussian' if v[0] == 'a' else 'its Glow'
         out.append(f"Over training seeds {', '.join(map(str, seeds))} ({_SETTING_WORDS[st].split(' (')[0]}), DiNof's network scores {ms(mom)} from "
                    f"the moment Gaussian and {ms(flow)} from its own Glow: " + {'win': f'{lo} is lower on every seed, by more than twice the training-seed sd of the difference ({v[2]:.1f}).',
@@ -523,7 +525,7 @@ def ladder_headline(cells: list[dict], spread: dict | None = None) -> str:
         said = lambda v: (f"{'lower' if v[0] == 'a' else 'higher'} by {v[1]:.1f}, " + {'win': f'on every seed and by more than twice the training-seed sd ({v[2]:.1f})',
                           'mixed': 'not on every seed: no winner', 'noise': f'within twice the training-seed sd ({v[2]:.1f}): no winner'}[v[3]])
         vm = _seed_verdict(mom, base, False)
-        out.append(f"Against the baseline from N(0, I) at T ({'{:.1f} ± {:.1f}'.format(*_mean_sd(base.values()))} over seeds {', '.join(map(str, sorted(base)))}), "
+        out.append(f"Against the baseline from N(0, I) at T ({_pm(base.values())} over seeds {', '.join(map(str, sorted(base)))}), "
                    f"DiNof from its own Glow is {said(vb)}" + (f"; from the moment Gaussian, {said(vm)}" if vm else '') + '.')
     b_mom, b_T = f('moments_full', 'dpm2', 'baseline-tm0.6'), f('standard', 'dpm2', 'baseline')
     if b_mom is not None and b_T is not None:
