@@ -177,7 +177,7 @@ def quickstart(workdir='quickstart', *, minutes: float | None = None, n_samples:
     return metrics
 
 # %% ../nbs/12_bench.ipynb #4c976bbd
-STUDY = ('flow.base=standard',)   # the study measures DiNof as published: its Glow on N(0, I) (the preset's default is the moment base)
+STUDY = ('flow.base=standard', 'flow.init=data')   # the study measures DiNof as published: Glow's start on N(0, I) (the preset's default: the identity start on the moment base)
 BASELINE = ('sde.t_m=1.0', 'training.w_flow=0', 'sampling.prior=gaussian')   # a score net on [eps, T], the Gaussian prior at T
 TM_SWEEP = (0.2, 0.4, 0.6, 0.8)
 NFES = (10, 20, 50, 100, 200)

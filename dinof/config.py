@@ -100,6 +100,7 @@ class FlowConfig:
     checkpoint: bool = _f(False, doc="glow only: recompute each step's activations in the backward pass (activation checkpointing)")
     base: str = _f('standard', ('standard', 'moments'), doc="the flow's base: N(0, I), or the Gaussian with the first two moments of x(t_m) (the flow models its whitened residual; set from the training set before training)")
     base_rank: int | None = _f(None, lo=0, doc='moment base: principal directions kept beside the diagonal; None: the full covariance up to 4,096 dimensions, else 128')
+    init: str = _f('data', ('data', 'identity'), doc="'data': Glow's start (ActNorm from the first batch, coupling scale sigmoid(s + 2)); 'identity': the flow starts as a rotation, so on the moment base it starts as the moment Gaussian exactly")
 
 @dataclass
 class TrainingConfig:
@@ -342,9 +343,11 @@ class Config:
         f, d = self.flow, self.data
         if f.name == 'coupling':
             out = dict(name='coupling', dim=f.dim or (2 if d.dataset == 'toy2d' else d.num_channels * d.image_size ** 2), depth=f.depth, hidden=f.hidden)
+            out = {**out, **({'init': f.init} if f.init != 'data' else {})}
             return out if f.base == 'standard' else {**out, 'base': f.base, 'base_rank': f.base_rank}
         out = dict(name='glow', in_shape=(d.num_channels, d.image_size, d.image_size), levels=f.levels, depth=f.depth,
-                   hidden=f.hidden, coupling=f.coupling, split_prior=f.split_prior, checkpoint=f.checkpoint)
+                   hidden=f.hidden, coupling=f.coupling, split_prior=f.split_prior, checkpoint=f.checkpoint,
+                   **({'init': f.init} if f.init != 'data' else {}))   # only where it differs: earlier flows' dicts stay as they were
         return out if f.base == 'standard' else {**out, 'base': f.base, 'base_rank': self.moment_rank(f.base_rank)}
 
     def moment_rank(self, rank: int | None) -> int | None:
@@ -504,7 +507,7 @@ def _fmnist_small() -> Config:
         data=DataConfig(dataset='fashion_mnist', image_size=28, num_channels=1, random_flip=False),
         sde=SDEConfig(type='vpsde', num_scales=1000, t_m=0.6),
         model=ModelConfig(nf=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(7,), dropout=0., resblock_type='ddpm'),
-        flow=FlowConfig(name='glow', levels=2, depth=2, hidden=32, base='moments'),   # the Glow on the training set's Gaussian at t_m (24_prior_ladder)
+        flow=FlowConfig(name='glow', levels=2, depth=2, hidden=32, base='moments', init='identity'),   # the Glow on the training set's Gaussian at t_m, starting as it (24_prior_ladder)
         training=TrainingConfig(batch_size=64, n_iters=750, continuous=True, ema_rate=0.999, ema_warmup=True,
                                 snapshot_freq=500, snapshot_minutes=2., log_freq=25, num_workers=0),
         optim=OptimConfig(lr=2e-3, warmup=100, grad_clip=1.),

@@ -39,13 +39,15 @@ def _acc(dtype):
 
 # %% ../nbs/02_flow.ipynb #60d20eba
 class ActNorm(nn.Module):
-    "Per-channel affine map $y = (x + b)\\,e^{s}$, data-initialised so the first batch leaves with zero mean, unit variance."
-    def __init__(self, channels: int):
+    """Per-channel affine map $y = (x + b)\\,e^{s}$, data-initialised so the first batch leaves with zero mean, unit variance;
+    `data_init=False` starts at the identity ($b = 0$, $s = 0$) and never looks at data."""
+    def __init__(self, channels: int, data_init: bool = True):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(channels))
         self.logs = nn.Parameter(torch.zeros(channels))
-        self.register_buffer('initialized', torch.tensor(False))
-        self._ready = False          # a Python mirror of the buffer: no device sync per call
+        self.data_init = data_init
+        self.register_buffer('initialized', torch.tensor(not data_init))
+        self._ready = not data_init  # a Python mirror of the buffer: no device sync per call
 
     def _load_from_state_dict(self, *args, **kw):
         super()._load_from_state_dict(*args, **kw)
@@ -236,9 +238,10 @@ class Split(nn.Module):
 # %% ../nbs/02_flow.ipynb #a70e251c
 class GlowStep(nn.Module):
     "One step of flow: ActNorm -> invertible 1x1 conv -> coupling (data -> latent); the first two fused into one conv."
-    def __init__(self, channels: int, hidden: int, affine: bool = True):
+    def __init__(self, channels: int, hidden: int, affine: bool = True, init: str = 'data'):
         super().__init__()
-        self.actnorm, self.invconv, self.coupling = ActNorm(channels), InvConv1x1(channels), Coupling(channels, hidden, affine)
+        self.actnorm, self.invconv = ActNorm(channels, data_init=init == 'data'), InvConv1x1(channels)
+        self.coupling = Coupling(channels, hidden, affine, scale='sigmoid' if init == 'data' else 'exp')
 
     def _mix(self):
         "Fused ActNorm + 1x1 conv: $W(x + b)e^{s} = (W\\,\\mathrm{diag}\\,e^{s})\\,x + W(b\\,e^{s})$."
@@ -286,9 +289,9 @@ class _Flow(nn.Module):
 
     @torch.no_grad()
     def initialize(self, batch: torch.Tensor):
-        "Data-dependent initialisation of every ActNorm from `batch` (each from the activations that reach it); returns `self`."
+        "Data-dependent initialisation of every data-initialised ActNorm from `batch` (each from the activations that reach it); returns `self`."
         for m in self.modules():
-            if isinstance(m, ActNorm): m.initialized.fill_(False); m._ready = False
+            if isinstance(m, ActNorm) and m.data_init: m.initialized.fill_(False); m._ready = False
         self.encode(batch)
         return self
 
@@ -301,15 +304,18 @@ class _Flow(nn.Module):
             fail('z', f'expected a tensor of shape [B, {self.latent_dim}], got {list(getattr(z, "shape", [type(z).__name__]))}')
 
 # %% ../nbs/02_flow.ipynb #5b541fb4
-_COUPLINGS, _SPLIT_PRIORS = ('affine', 'additive'), ('learned', 'conditional', 'none')
+_COUPLINGS, _SPLIT_PRIORS, _INITS = ('affine', 'additive'), ('learned', 'conditional', 'none'), ('data', 'identity')
 
 class Glow(_Flow):
     """Multi-scale Glow (Kingma & Dhariwal 2018) as DiNof builds it: `levels` x (squeeze, `depth` steps, split), the last
     level without a split. `coupling`: 'affine' (paper) or 'additive'; `split_prior`: 'learned' (paper; also the top
     level's base), 'conditional' (Glow's split prior) or 'none'. `checkpoint=True` recomputes each step's activations in
-    the backward pass instead of storing them (same results, far less memory)."""
+    the backward pass instead of storing them (same results, far less memory). `init`: 'data' (Glow's: ActNorm initialised
+    from the first batch, coupling scale $\\sigma(s + 2)$, 0.88 at the start) or 'identity' (ActNorm at the identity, coupling
+    scale $e^{2\\tanh(s/2)}$, 1 at the start): with its zero-initialised last layers the flow then starts as a rotation of
+    its input, so on $\\mathcal N(0, I)$ data its density is exactly the standard normal's."""
     def __init__(self, in_shape: Sequence[int] = (3, 32, 32), levels: int = 3, depth: int = 16, hidden: int = 256,
-                 coupling: str = 'affine', split_prior: str = 'learned', checkpoint: bool = False):
+                 coupling: str = 'affine', split_prior: str = 'learned', checkpoint: bool = False, init: str = 'data'):
         super().__init__()
         if not (isinstance(in_shape, (tuple, list)) and len(in_shape) == 3 and all(is_int(s, 1) for s in in_shape)):
             fail('in_shape', f'must be three positive integers (C, H, W), got {in_shape!r}')
@@ -318,15 +324,17 @@ class Glow(_Flow):
         if coupling not in _COUPLINGS: fail('coupling', f'must be one of {_COUPLINGS}, got {coupling!r}')
         if split_prior not in _SPLIT_PRIORS: fail('split_prior', f'must be one of {_SPLIT_PRIORS}, got {split_prior!r}')
         if not isinstance(checkpoint, bool): fail('checkpoint', f'must be True or False, got {checkpoint!r}')
+        if init not in _INITS: fail('init', f'must be one of {_INITS}, got {init!r}')
         c, h, w = in_shape
         for s in (h, w):
             if s % 2 ** levels: fail('in_shape', f'spatial size {s} cannot be squeezed {levels} times (levels={levels}): it must be divisible by {2 ** levels}')
         self.in_shape, self.config = tuple(in_shape), dict(levels=levels, depth=depth, hidden=hidden, coupling=coupling, split_prior=split_prior)
+        if init != 'data': self.config['init'] = init   # only where it differs: the configs of earlier flows stay as they were
         self.checkpoint = checkpoint
         self.squeeze, self.steps, self.splits, shapes = Squeeze(), nn.ModuleList(), nn.ModuleList(), []
         for l in range(levels):
             c, h, w = 4 * c, h // 2, w // 2
-            self.steps.append(nn.ModuleList([GlowStep(c, hidden, coupling == 'affine') for _ in range(depth)]))
+            self.steps.append(nn.ModuleList([GlowStep(c, hidden, coupling == 'affine', init) for _ in range(depth)]))
             if l < levels - 1:
                 self.splits.append(Split(c, split_prior)); shapes.append((c // 2, h, w)); c -= c // 2
         self.top = Gaussian(c) if split_prior != 'none' else None
@@ -408,17 +416,20 @@ class Reverse(nn.Module):
         return y.flip(1)
 
 class CouplingFlow(_Flow):
-    "RealNVP-style flow for vectors `[B, dim]`: `depth` x (ActNorm -> affine coupling with an MLP -> reverse)."
-    def __init__(self, dim: int = 2, depth: int = 8, hidden: int = 64):
+    """RealNVP-style flow for vectors `[B, dim]`: `depth` x (ActNorm -> affine coupling with an MLP -> reverse); `init`:
+    'data' (ActNorm from the first batch) or 'identity' (the flow starts as the identity map)."""
+    def __init__(self, dim: int = 2, depth: int = 8, hidden: int = 64, init: str = 'data'):
         super().__init__()
         if not is_int(dim, 2): fail('dim', f'must be an integer >= 2 (a coupling needs two halves), got {dim!r}')
         for name, v in (('depth', depth), ('hidden', hidden)):
             if not is_int(v, 1): fail(name, f'must be an integer >= 1, got {v!r}')
+        if init not in _INITS: fail('init', f'must be one of {_INITS}, got {init!r}')
         self.in_shape, self.latent_dim, self.config = (dim,), dim, dict(dim=dim, depth=depth, hidden=hidden)
+        if init != 'data': self.config['init'] = init
         ca, cb = (dim + 1) // 2, dim // 2
         self.layers = nn.ModuleList()
         for _ in range(depth):
-            self.layers.extend([ActNorm(dim), Coupling(dim, hidden, net=_mlp(ca, hidden, 2 * cb), scale='exp'), Reverse()])
+            self.layers.extend([ActNorm(dim, data_init=init == 'data'), Coupling(dim, hidden, net=_mlp(ca, hidden, 2 * cb), scale='exp'), Reverse()])
 
     def encode(self, x):
         "Data `x` `[B, dim]` -> (latent `z` `[B, dim]`, log|det dz/dx| `[B]`)."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12a_ladder.ipynb #6519277e
 from __future__ import annotations
-import dataclasses, hashlib, json, os, platform, time
+import dataclasses, hashlib, json, os, platform, tempfile, time
 from pathlib import Path
 from typing import Sequence
 import torch
@@ -20,8 +20,8 @@ from .config import get_config
 __all__ = ['RUNGS', 'RUNG_LABELS', 'FLOW_SIZE', 'FLOWS', 'SETTINGS', 'STUDY_STEPS', 'CONTROLS', 'PLAN', 'StandardPrior',
            'ExactPrior', 'training_images', 'digest', 'cpu_name', 'train_flow', 'ladder_priors', 'prior_bpd',
            'sample_cell', 'bench_prior', 'load_ladder', 'ladder_rows', 'ladder_table', 'sampling_spread',
-           'study_references', 'ladder_summary', 'plot_ladder', 'score_file', 'train_control', 'tm_sweep', 'tm_table',
-           'plot_tm', 'seed_fids', 'seed_summary', 'ladder_headline', 'ladder_todo']
+           'study_references', 'ladder_summary', 'plot_ladder', 'score_file', 'train_control', 'identity_start',
+           'tm_sweep', 'tm_table', 'plot_tm', 'seed_fids', 'seed_summary', 'ladder_headline', 'ladder_todo']
 
 # %% ../nbs/12a_ladder.ipynb #33fca3d1
 RUNGS = ('standard', 'moments_diag', 'moments_full', 'glow_joint', 'glow_large', 'glow_moments', 'exact')
@@ -29,7 +29,7 @@ RUNG_LABELS = {'standard': 'N(0, I) at t_m', 'moments_diag': 'moments, diagonal'
                'glow_joint': "study's joint Glow", 'glow_large': 'Glow x10, flow-only', 'glow_moments': 'Glow x10 on the moment base',
                'exact': 'exact x(t_m)'}
 FLOW_SIZE = ('flow.levels=2', 'flow.depth=8', 'flow.hidden=64')   # 152k parameters: ~10x the study's Glow (15k)
-FLOWS = {'glow_large': (*FLOW_SIZE, 'flow.base=standard'), 'glow_moments': (*FLOW_SIZE, 'flow.base=moments')}   # the flows the ladder trains: name -> overrides
+FLOWS = {'glow_large': (*FLOW_SIZE, 'flow.base=standard', 'flow.init=data'), 'glow_moments': (*FLOW_SIZE, 'flow.base=moments', 'flow.init=data')}   # the flows the ladder trains: name -> overrides
 SETTINGS = {'dpm2': dict(method='dpm2', steps=9, schedule='logsnr', n=2000),    # NFE 19: the study's DPM-Solver-2 NFE-20 cell
             'paper': dict(method='pc', steps=None, schedule='uniform', n=1000)}  # DiNof's sampler: N t_m / T steps from t_m
 
@@ -369,6 +369,37 @@ def train_control(root, name: str, steps: int = STUDY_STEPS, *, device=None, pro
     m = train_model(Path(root) / 'ladder' / 'runs' / name, CONTROLS[name], steps=steps, device=device, progress=progress)
     export_models(m, out, f'{PRESET} {" ".join(CONTROLS[name])}, {steps} steps (a control of the prior ladder)')
     return m
+
+# %% ../nbs/12a_ladder.ipynb #1d5ta002
+_STARTS = {'data': FLOWS['glow_moments'], 'identity': (*FLOW_SIZE, 'flow.base=moments', 'flow.init=identity')}
+
+def _paired(b: list, ref: list) -> dict:
+    d = torch.tensor(b, dtype=torch.float64) - torch.tensor(ref, dtype=torch.float64)
+    return {'bpd': round(float(torch.tensor(b, dtype=torch.float64).mean()), 6), 'minus_moments': float(d.mean()),
+            'se': float(d.std() / len(d) ** .5)}
+
+def identity_start(root, steps: int = 1500, n: int = 1000) -> dict:
+    """Held-out bits/dim of the Glow on the moment base from each start (`_STARTS`: 'data', the ladder's `glow_moments`;
+    'identity', `glow_moments_identity`), at step 0 and after `steps` flow-only steps, each paired with the moment
+    Gaussian's (full covariance) on the same `n` images; cached in `root/ladder/identity_start.json`."""
+    root = Path(root)
+    trained = {s: train_flow(root, 'glow_moments' if s == 'data' else 'glow_moments_identity', o, steps) for s, o in _STARTS.items()}
+    key = digest({s: m.flow.state_dict() for s, m in trained.items()}, n)
+    f = root / 'ladder' / 'identity_start.json'
+    if f.is_file() and (old := json.loads(f.read_text())).get('key') == key: return old
+    ref_m = trained['identity']
+    mom = training_moments(ref_m.config, get_dataset('fashion_mnist', split='train', image_size=ref_m.config.data.image_size), None)
+    ref = prior_bpd(ref_m, MomentPrior(mom, ref_m.sde, ref_m.t_m), n)['per_image']
+    out = {'key': key, 'n': n, 'steps': steps, 'moments_full': round(sum(ref) / n, 6), 'cpu': cpu_name(), 'rows': []}
+    for s, o in _STARTS.items():
+        with tempfile.TemporaryDirectory() as tmp:   # the trainer's state before its first step: moment base set, ActNorm initialised
+            cfg = get_config(PRESET, *o, 'training.w_score=0', 'training.n_iters=1')
+            m0 = Trainer(cfg, tmp, resume=False).models(ema=False)
+        for step, m in ((0, m0), (trained[s].step, trained[s])):
+            out['rows'].append({'start': s, 'step': step, **_paired(prior_bpd(m, FlowPrior(m.flow, m.t_m), n)['per_image'], ref)})
+    _write_json(f, out)
+    return out
+
 
 # %% ../nbs/12a_ladder.ipynb #b2e0c7f2
 def _tag_tm(cells: list[dict], tag: str) -> float | None:

@@ -1,13 +1,16 @@
 """The quickstart's prior, paired per training seed: the main job trained with each flow base, then sampled from each prior.
 
-For every variant (the flow's base, the training seed) this trains `fmnist_quick` as `dinof quickstart` does (in
+For every variant (the flow's base and start, the training seed) this trains `fmnist_quick` as `dinof quickstart` does (in
 WORK/qs-BASE-seedS, resumed), then draws the quickstart's N = 1000 samples (PC, 100 steps, sampling seed 0) from the
 flow prior and from the moment Gaussian (`sampling.prior='moments'`) and scores them with the quickstart's domain
 FID/KID. Rows go to OUT as they finish; a variant already in OUT is skipped. Same score network, two priors: the
 difference within a row is the prior's alone, and the rows show how it varies over training seeds.
 
     OMP_WAIT_POLICY=PASSIVE nice python tools/quickstart_priors.py --work /tmp/qsp --out bench/quickstart/priors.json \\
-        --variants standard:42,standard:1,standard:2,moments:42
+        --variants standard:42,standard:1,standard:2,moments:42,moments-identity:42
+
+A variant is BASE:SEED (Glow's own start, `flow.init=data`, as the first rows were drawn) or BASE-identity:SEED (the
+identity start, `flow.init=identity`, the preset's since 2026-12-07).
 """
 import argparse, json, os, sys, time
 from pathlib import Path
@@ -27,12 +30,14 @@ def main(argv=None):
     out = Path(a.out)
     rows = json.loads(out.read_text())['rows'] if out.is_file() else []
     for v in a.variants.split(','):
-        base, seed = v.split(':')
-        if any((r['base'], r['training_seed']) == (base, int(seed)) for r in rows): continue
-        wd = Path(a.work) / f'qs-{base}-seed{seed}'
+        name, seed = v.split(':')
+        base, _, init = name.partition('-')
+        init = init or 'data'
+        if any((r['base'], r.get('init', 'data'), r['training_seed']) == (base, init, int(seed)) for r in rows): continue
+        wd = Path(a.work) / f'qs-{name}-seed{seed}'
         t0 = time.perf_counter()
-        m = quickstart(wd, n_samples=a.n, progress=False, overrides=(f'flow.base={base}', f'training.seed={seed}'))
-        row = {'base': base, 'training_seed': int(seed), 'steps': m['training']['steps'], 'training_seconds': m['training']['seconds'],
+        m = quickstart(wd, n_samples=a.n, progress=False, overrides=(f'flow.base={base}', f'flow.init={init}', f'training.seed={seed}'))
+        row = {'base': base, 'init': init, 'training_seed': int(seed), 'steps': m['training']['steps'], 'training_seconds': m['training']['seconds'],
                'priors': {m['sampling']['prior']: {k: m['domain'][k] for k in ('fid', 'kid', 'kid_std')} | {'nfe': m['sampling']['nfe']}}}
         models = load_models(find_checkpoint(wd))
         for prior in ('flow', 'moments'):
