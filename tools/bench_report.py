@@ -48,7 +48,8 @@ def _prior_facts(path: pathlib.Path) -> dict:
     if len(d) > 1: s += (f": {statistics.mean(d):.1f} ± {statistics.stdev(d):.1f} lower (mean ± sd over training seeds), "
                          + ('lower on every seed' if all(x > 0 for x in d) else f'lower on {sum(x > 0 for x in d)} of {len(d)} seeds'))
     mb = [r for r in rows if r['base'] == 'moments']
-    if mb: s += '; the Glow on the moment base, trained as the preset now does: ' + ', '.join(f"{r['priors']['flow']['fid']:.1f} (training seed {r['training_seed']})" for r in mb)
+    start = {'data': "from Glow's own start", 'identity': 'from the identity start, as the preset now trains it'}
+    if mb: s += '; the Glow on the moment base: ' + ', '.join(f"{r['priors']['flow']['fid']:.1f} {start[r.get('init', 'data')]} (training seed {r['training_seed']})" for r in mb)
     return {'qs-priors': s}
 
 def _agreement(bench: pathlib.Path) -> str:
