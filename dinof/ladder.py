@@ -21,7 +21,8 @@ __all__ = ['RUNGS', 'RUNG_LABELS', 'FLOW_SIZE', 'FLOWS', 'SETTINGS', 'STUDY_STEP
            'ExactPrior', 'training_images', 'digest', 'cpu_name', 'train_flow', 'ladder_priors', 'prior_bpd',
            'sample_cell', 'bench_prior', 'load_ladder', 'ladder_rows', 'ladder_table', 'sampling_spread',
            'study_references', 'ladder_summary', 'plot_ladder', 'score_file', 'train_control', 'identity_start',
-           'tm_sweep', 'tm_table', 'plot_tm', 'seed_fids', 'seed_summary', 'ladder_headline', 'ladder_todo']
+           'tm_sweep', 'tm_table', 'plot_tm', 'seed_fids', 'seed_summary', 'score_only_summary', 'ladder_headline',
+           'ladder_todo']
 
 # %% ../nbs/12a_ladder.ipynb #33fca3d1
 RUNGS = ('standard', 'moments_diag', 'moments_full', 'glow_joint', 'glow_large', 'glow_moments', 'exact')
@@ -503,6 +504,36 @@ def seed_summary(cells: list[dict], setting: str = 'dpm2') -> str:
     out = [s for s in out if s]
     if len(out) == 1: out.append('One training seed so far: no verdict.')
     return ' '.join(out)
+
+
+# %% ../nbs/12a_ladder.ipynb #5c0a1e02
+_ALONE_RUNGS = ('standard', 'moments_full', 'exact')
+
+def score_only_summary(cells: list[dict], setting: str = 'dpm2') -> str:
+    """The control `score_only` (DiNof's score network trained alone, `training.w_flow=0`) against DiNof's jointly trained
+    network, from the same priors at one sampler `setting`, over the training seeds each has; `_seed_verdict`'s rule once
+    both have two seeds in common, else where the control falls against the joint network's seeds (no winner named)."""
+    alone = {r: v for r in _ALONE_RUNGS if (v := seed_fids(cells, 'score_only', r, setting))}
+    if not alone: return ''
+    fmt = lambda d: (', '.join(f'{v:.1f}' for v in d.values()) + f" (training seed{'s' if len(d) > 1 else ''} {', '.join(map(str, d))}"
+                     + (f'; mean {_pm(d.values())})' if len(d) > 1 else ')'))
+    parts, verdicts = [], []
+    for r, a in alone.items():
+        j = seed_fids(cells, 'dinof', r, setting)
+        s = f"{RUNG_LABELS[r]}: alone {fmt(a)}" + (f", jointly {fmt(j)}" if j else '')
+        if (v := _seed_verdict(a, j, False)):
+            lo = 'alone' if v[0] == 'a' else 'jointly'
+            s += {'win': f": {lo} is lower on every seed, by {v[1]:.1f}, beyond twice the training-seed sd ({v[2]:.1f})",
+                  'mixed': f": {lo} is lower by {v[1]:.1f} on average, not on every seed: no winner",
+                  'noise': f": {lo} is lower by {v[1]:.1f}, within twice the training-seed sd ({v[2]:.1f}): no winner"}[v[3]]
+            verdicts.append(v[3])
+        elif len(j) > 1 and len(a) == 1:
+            x, lo, hi = next(iter(a.values())), min(j.values()), max(j.values())
+            s += f": alone is {'above' if x > hi else 'below' if x < lo else 'inside'} the joint seeds' range ({lo:.1f} to {hi:.1f})"
+        parts.append(s)
+    head = f"The score network trained alone on [eps, 0.6] against DiNof's, trained jointly with its Glow, from the same priors ({_SETTING_WORDS[setting].split(' (')[0]}): "
+    tail = '' if verdicts else ' One training seed of the control so far: no winner is named (a difference counts only beyond the training-seed spread).'
+    return head + '; '.join(parts) + '.' + tail
 
 
 # %% ../nbs/12a_ladder.ipynb #d4a1e0b5
