@@ -341,13 +341,12 @@ class Config:
     def flow_dict(self) -> dict:
         "Keyword arguments for `dinof.flow.build`: `{'name': 'glow', 'in_shape': ..., ...}` or `{'name': 'coupling', 'dim': ...}`."
         f, d = self.flow, self.data
+        init = {'init': f.init} if f.init != 'data' else {}   # only where it differs: earlier flows' dicts stay as they were
         if f.name == 'coupling':
-            out = dict(name='coupling', dim=f.dim or (2 if d.dataset == 'toy2d' else d.num_channels * d.image_size ** 2), depth=f.depth, hidden=f.hidden)
-            out = {**out, **({'init': f.init} if f.init != 'data' else {})}
+            out = dict(name='coupling', dim=f.dim or (2 if d.dataset == 'toy2d' else d.num_channels * d.image_size ** 2), depth=f.depth, hidden=f.hidden, **init)
             return out if f.base == 'standard' else {**out, 'base': f.base, 'base_rank': f.base_rank}
         out = dict(name='glow', in_shape=(d.num_channels, d.image_size, d.image_size), levels=f.levels, depth=f.depth,
-                   hidden=f.hidden, coupling=f.coupling, split_prior=f.split_prior, checkpoint=f.checkpoint,
-                   **({'init': f.init} if f.init != 'data' else {}))   # only where it differs: earlier flows' dicts stay as they were
+                   hidden=f.hidden, coupling=f.coupling, split_prior=f.split_prior, checkpoint=f.checkpoint, **init)
         return out if f.base == 'standard' else {**out, 'base': f.base, 'base_rank': self.moment_rank(f.base_rank)}
 
     def moment_rank(self, rank: int | None) -> int | None:

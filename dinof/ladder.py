@@ -389,8 +389,7 @@ def identity_start(root, steps: int = 1500, n: int = 1000) -> dict:
     f = root / 'ladder' / 'identity_start.json'
     if f.is_file() and (old := json.loads(f.read_text())).get('key') == key: return old
     ref_m = trained['identity']
-    mom = training_moments(ref_m.config, get_dataset('fashion_mnist', split='train', image_size=ref_m.config.data.image_size), None)
-    ref = prior_bpd(ref_m, MomentPrior(mom, ref_m.sde, ref_m.t_m), n)['per_image']
+    ref = prior_bpd(ref_m, ladder_priors(root, ref_m, ('moments_full',))['moments_full'][0], n)['per_image']
     out = {'key': key, 'n': n, 'steps': steps, 'moments_full': round(sum(ref) / n, 6), 'cpu': cpu_name(), 'rows': []}
     for s, o in _STARTS.items():
         with tempfile.TemporaryDirectory() as tmp:   # the trainer's state before its first step: moment base set, ActNorm initialised
@@ -480,6 +479,11 @@ def _seed_verdict(a: dict, b: dict, paired: bool) -> tuple | None:
     else: kind = 'win' if gap > 2 * sd else 'noise'
     return 'b' if d.mean() > 0 else 'a', gap, sd, kind
 
+def _said(v: tuple) -> str:
+    "A `_seed_verdict` in words, of its first model: 'lower by 7.3, within twice the training-seed sd (8.7): no winner'."
+    return (f"{'lower' if v[0] == 'a' else 'higher'} by {v[1]:.1f}, " + {'win': f'on every seed and by more than twice the training-seed sd ({v[2]:.1f})',
+            'mixed': 'not on every seed: no winner', 'noise': f'within twice the training-seed sd ({v[2]:.1f}): no winner'}[v[3]])
+
 def seed_summary(cells: list[dict], setting: str = 'dpm2') -> str:
     """Over training seeds, at one sampler `setting`: DiNof from its joint Glow and from the moment Gaussian (paired: the
     same score network), and the baseline from $\\mathcal N(0, I)$ at $T$. A prior or a model is named the winner only when
@@ -522,10 +526,7 @@ def score_only_summary(cells: list[dict], setting: str = 'dpm2') -> str:
         j = seed_fids(cells, 'dinof', r, setting)
         s = f"{RUNG_LABELS[r]}: alone {fmt(a)}" + (f", jointly {fmt(j)}" if j else '')
         if (v := _seed_verdict(a, j, False)):
-            lo = 'alone' if v[0] == 'a' else 'jointly'
-            s += {'win': f": {lo} is lower on every seed, by {v[1]:.1f}, beyond twice the training-seed sd ({v[2]:.1f})",
-                  'mixed': f": {lo} is lower by {v[1]:.1f} on average, not on every seed: no winner",
-                  'noise': f": {lo} is lower by {v[1]:.1f}, within twice the training-seed sd ({v[2]:.1f}): no winner"}[v[3]]
+            s += f": alone is {_said(v)}"
             verdicts.append(v[3])
         elif len(j) > 1 and len(a) == 1:
             x, lo, hi = next(iter(a.values())), min(j.values()), max(j.values())
@@ -584,11 +585,9 @@ def ladder_headline(cells: list[dict], spread: dict | None = None) -> str:
                                                                                'noise': f'{lo} is lower, within twice the training-seed sd of the difference ({v[2]:.1f}): no winner.'}[v[3]])
         base = seed_fids(cells, 'baseline', 'standard', st)
         if not (vb := _seed_verdict(flow, base, False)): continue
-        said = lambda v: (f"{'lower' if v[0] == 'a' else 'higher'} by {v[1]:.1f}, " + {'win': f'on every seed and by more than twice the training-seed sd ({v[2]:.1f})',
-                          'mixed': 'not on every seed: no winner', 'noise': f'within twice the training-seed sd ({v[2]:.1f}): no winner'}[v[3]])
         vm = _seed_verdict(mom, base, False)
         out.append(f"Against the baseline from N(0, I) at T ({_pm(base.values())} over seeds {', '.join(map(str, sorted(base)))}), "
-                   f"DiNof from its own Glow is {said(vb)}" + (f"; from the moment Gaussian, {said(vm)}" if vm else '') + '.')
+                   f"DiNof from its own Glow is {_said(vb)}" + (f"; from the moment Gaussian, {_said(vm)}" if vm else '') + '.')
     b_mom, b_T = f('moments_full', 'dpm2', 'baseline-tm0.6'), f('standard', 'dpm2', 'baseline')
     if b_mom is not None and b_T is not None:
         p_mom, p_T = f('moments_full', 'paper', 'baseline-tm0.6'), f('standard', 'paper', 'baseline')
