@@ -452,6 +452,8 @@ def _bench_args(p):
     p.add_argument('--settings', default='dpm2,paper', help='prior: comma-separated sampler settings of dinof.ladder.SETTINGS (default: dpm2,paper)')
     p.add_argument('--flow-steps', type=int, default=1500, help='prior: training steps of the flows the ladder trains (default: 1500)')
     p.add_argument('--t-m', type=float, default=None, help="prior: a cut-off below the score network's own (default: its own)")
+    p.add_argument('--flow-seeds', default=None, help='prior: comma-separated training seeds: train the moment-based Glow at --t-m again with each '
+                        'and compare it with the moment Gaussian over flow seeds (dinof.ladder.flow_seeds), instead of the rungs')
     p.add_argument('--todo', action='store_true', help='prior: print the commands that draw what dinof.ladder.PLAN holds and the stored cells lack, draw nothing')
     _device_progress(p)
 
@@ -480,6 +482,15 @@ def _bench(args):
         if not f.is_file() and args.score not in CONTROLS:
             raise FileNotFoundError(f'--score: {f} does not exist (the study\'s exported models are in {root / "models"}; '
                                     f'controls, trained first: {", ".join(CONTROLS)})')
+        if args.flow_seeds is not None:
+            from dinof.ladder import flow_seeds, flow_seeds_summary
+            try: seeds = tuple(int(s) for s in args.flow_seeds.split(','))
+            except ValueError: raise ValueError(f'--flow-seeds: comma-separated integers, got {args.flow_seeds!r}') from None
+            if args.t_m is None: raise ValueError('--flow-seeds: needs --t-m, the cut-off whose moment-based Glow is trained again')
+            for st in args.settings.split(','):
+                print(flow_seeds_summary(flow_seeds(root, args.t_m, seeds, st, score=args.score, flow_steps=args.flow_steps, device=args.device,
+                                                    compile=args.compile)))
+            return 0
         rungs = tuple(args.rungs.split(',')) if args.rungs else RUNGS
         bench_prior(root, args.score, rungs, tuple(args.settings.split(',')), flow_steps=args.flow_steps, t_m=args.t_m, device=args.device,
                     compile=args.compile)

@@ -207,6 +207,10 @@ def test_bench_prior_bad_input_is_one_line(tmp_path):
     # a control is trained first, but bad rungs or settings are refused before an hour of training starts
     one_line_error(dinof('bench', 'prior', '--root', tmp_path, '--score', 'score_only', '--rungs', 'gaussian'), 'rungs:')
     one_line_error(dinof('bench', 'prior', '--root', tmp_path, '--score', 'dinof-seed1', '--settings', 'fast'), 'settings:')
+    one_line_error(dinof('bench', 'prior', '--root', SHIPPED.parent, '--flow-seeds', '1,x', '--t-m', '0.2'), '--flow-seeds:')
+    one_line_error(dinof('bench', 'prior', '--root', SHIPPED.parent, '--flow-seeds', '1'), '--flow-seeds: needs --t-m')
+    one_line_error(dinof('bench', 'prior', '--root', SHIPPED.parent, '--flow-seeds', '-1', '--t-m', '0.2'), 'seeds:')
+    one_line_error(dinof('bench', 'prior', '--root', SHIPPED.parent, '--flow-seeds', '1', '--t-m', '0.2', '--settings', 'fast'), 'setting:')
     assert not any((tmp_path / d).exists() for d in ('runs', 'models', 'ladder/runs', 'ladder/models'))
 
 def test_bench_prior_todo_lists_what_is_left(tmp_path, capsys):

@@ -80,9 +80,9 @@ def facts(root: pathlib.Path = ROOT) -> dict:
     out['status'] = (f"The study is still running: still to come, {todo.group(1)}." if todo else
                      f"The study is complete ({len(res['points'])} cells, bits/dim, the priors' fits and the speed in `bench/fashion_mnist`).")
     out['gauss-heldout'] = f"{res['fits']['dinof']['gaussian_bpd']:.4f}"
-    from dinof.ladder import ladder_headline, ladder_rows, load_ladder, sampling_spread
+    from dinof.ladder import ladder_headline, ladder_rows, load_flow_seeds, load_ladder, sampling_spread
     cells, spread = load_ladder(bench), sampling_spread(bench)
-    out['ladder'] = ladder_headline(cells, spread) or 'No ladder cells are stored yet.'
+    out['ladder'] = ladder_headline(cells, spread, load_flow_seeds(bench)) or 'No ladder cells are stored yet.'
     fid = lambda tag: next((r['dpm2']['fid'] for r in ladder_rows(cells, tag) if r['rung'] == 'moments_full' and 'dpm2' in r), None)
     d, b = fid('dinof'), fid('baseline-tm0.6')
     out['ladder-nets'] = ('the ladder has not drawn both score networks from the moment Gaussian yet' if None in (d, b) else
