@@ -482,7 +482,8 @@ def _seed_verdict(a: dict, b: dict, paired: bool) -> tuple | None:
 def _said(v: tuple, sd: str = 'the training-seed sd') -> str:
     "A `_seed_verdict` in words, of its first model: 'lower by 7.3, within twice the training-seed sd (8.7): no winner'."
     return (f"{'lower' if v[0] == 'a' else 'higher'} by {v[1]:.1f}, " + {'win': f'on every seed and by more than twice {sd} ({v[2]:.1f})',
-            'mixed': 'not on every seed: no winner', 'noise': f'within twice {sd} ({v[2]:.1f}): no winner'}[v[3]])
+            'mixed': 'not on every seed: no winner',
+            'overlap': f'by more than twice {sd} ({v[2]:.1f}), but the two ranges overlap: no winner', 'noise': f'within twice {sd} ({v[2]:.1f}): no winner'}[v[3]])
 
 def seed_summary(cells: list[dict], setting: str = 'dpm2') -> str:
     """Over training seeds, at one sampler `setting`: DiNof from its joint Glow and from the moment Gaussian (paired: the
@@ -538,12 +539,21 @@ def score_only_summary(cells: list[dict], setting: str = 'dpm2') -> str:
 
 
 # %% ../nbs/12a_ladder.ipynb #1d5ta005
+def _apart(a: Sequence[float], b: Sequence[float]) -> tuple | None:
+    '''Two unpaired sets of FIDs (lower is better; e.g. flows over training seeds, a prior over sampling seeds) in
+    `_seed_verdict`'s form `(lower, gap, sd, kind)`, `sd` that of the difference of one draw from each: `kind` `'noise'` (the gap
+    within `2 sd`), `'overlap'` (beyond it, but the two ranges overlap) or `'win'`; None with fewer than two of either.'''
+    if min(len(a), len(b)) < 2: return None
+    (ma, sa), (mb, sb) = _mean_sd(a), _mean_sd(b)
+    sd, gap, (lo, hi) = (sa ** 2 + sb ** 2) ** .5, abs(ma - mb), ((a, b) if ma < mb else (b, a))
+    return 'a' if ma < mb else 'b', gap, sd, 'noise' if gap <= 2 * sd else 'win' if max(lo) < min(hi) else 'overlap'
+
 def flow_seeds(root, t_m: float = 0.2, seeds: Sequence[int] = (1, 2), setting: str | dict = 'dpm2', *, score: str = 'dinof',
                flow_steps: int = 1500, device=None, compile: bool = False) -> dict:
     '''The moment-based Glow (`glow_moments`) at `t_m` for `score`'s network, trained with the preset's training seed (the
     ladder's rung, its cells reused) and again with each of `seeds`: per flow its held-out bits/dim paired with the moment
     Gaussian's and its FID at `setting` (a name of `SETTINGS` or `{name: settings}`, sampling seed 0); the moment Gaussian's
-    FID at sampling seeds 0, 1, ... (one per flow); `verdict`: `_seed_verdict` of the flows' FIDs against it (unpaired).'''
+    FID at sampling seeds 0, 1, ... (one per flow); `verdict`: `_apart` of the flows' FIDs and its.'''
     root = Path(root)
     name, s = next(iter(setting.items())) if isinstance(setting, dict) else (setting, SETTINGS.get(setting))
     check('setting', s is not None, f'{setting!r} is unknown; known: {", ".join(SETTINGS)}')
@@ -577,7 +587,7 @@ def flow_seeds(root, t_m: float = 0.2, seeds: Sequence[int] = (1, 2), setting: s
             out['moments'][str(k)] = pick(sample_cell(models, prior, seed=k, compile=compile, **s))
             _write_json(f, out); _say(f'moment Gaussian, sampling seed {k}: FID {out["moments"][str(k)]["fid"]:.2f}')
     flows, moms = (list(v['fid'] for v in out[k].values()) for k in ('flows', 'moments'))
-    out['verdict'] = _seed_verdict(dict(enumerate(flows)), dict(enumerate(moms)), False)
+    out['verdict'] = _apart(flows, moms)
     if not f.is_file() or json.loads(f.read_text()) != json.loads(json.dumps(out)): _write_json(f, out)   # kept as it is when nothing changed
     return out
 
@@ -666,8 +676,11 @@ def ladder_headline(cells: list[dict], spread: dict | None = None, flow_seeds: S
     for r in flow_seeds:   # a learned prior against the moment Gaussian over the flow's training seeds
         if not (v := r.get('verdict')): continue
         fl, mo = ([x['fid'] for x in r[k].values()] for k in ('flows', 'moments'))
+        d = [x['minus_moments'] for x in r['flows'].values() if 'minus_moments' in x]
+        fits = (f" fits held-out x(t_m) better than the moment Gaussian on {sum(x < 0 for x in d)} of {len(d)} flows "
+                f"({-max(d):.4f} to {-min(d):.4f} bits/dim lower) and" if d else '')
         out.append(f"At t_m = {r['t_m']:g} ({_SETTING_WORDS.get(r['setting'], r['setting']).split(' (')[0]}), the moment-based Glow over flow training seeds "
-                   f"{', '.join(r['flows'])} scores {_pm(fl)} against the moment Gaussian's {_pm(mo)} over sampling seeds: it is {_said(v, _SEEDS_SD)}.")
+                   f"{', '.join(r['flows'])}{fits} scores {_pm(fl)} against the moment Gaussian's {_pm(mo)} over sampling seeds: it is {_said(v, _SEEDS_SD)}.")
     if (use := _use_sentence({r['rung']: r for r in ladder_rows(cells, 'dinof')})): out.append(use)
     return ' '.join(out)
 
