@@ -101,3 +101,14 @@ def test_the_speed_file_has_repeats():
     sp = json.loads((BENCH / 'speed.json').read_text())
     each = sp['paper_ratio_each']
     assert len(each) >= 3 and sp['paper_ratio'] == round(float(np.median(each)), 3)
+
+def test_the_flow_seeds_file_holds_the_ladders_own_flow_and_its_verdict():
+    "The committed flow-seed comparison reuses the ladder's cells for its first flow and first moment draw, and its verdict is recomputed from its rows."
+    from dinof.ladder import _apart, load_flow_seeds, load_ladder
+    cells = {(c['score'], c['rung'], c.get('setting')): c for c in load_ladder(BENCH)}
+    for r in load_flow_seeds(BENCH):
+        tag = f"dinof-tm{r['t_m']:g}"
+        assert r['flows']['42']['fid'] == cells[tag, 'glow_moments', r['setting']]['fid']
+        assert r['moments']['0']['fid'] == cells[tag, 'moments_full', r['setting']]['fid']
+        assert len(r['flows']) == len(r['moments']) >= 3 and len({f['flow'] for f in r['flows'].values()}) == len(r['flows'])
+        assert tuple(r['verdict']) == _apart([f['fid'] for f in r['flows'].values()], [m['fid'] for m in r['moments'].values()])
