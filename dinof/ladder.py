@@ -499,6 +499,7 @@ def seed_summary(cells: list[dict], setting: str = 'dpm2') -> str:
     def verdict(a: dict, b: dict, name_a: str, name_b: str, paired: bool) -> str:
         if not (v := _seed_verdict(a, b, paired)): return ''
         lo, gap, sd, kind = name_b if v[0] == 'b' else name_a, *v[1:]
+        lo = lo[0].upper() + lo[1:]   # it starts a sentence
         if kind == 'mixed': return f"{lo} is ahead by {gap:.1f} FID on average, but not on every seed: no winner."
         if kind == 'win':
             return f"{lo} is better on every seed, by {gap:.1f} FID on average, more than twice the training-seed sd of the difference ({sd:.1f})."
