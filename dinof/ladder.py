@@ -110,6 +110,10 @@ def train_flow(root, name: str, overrides: Sequence[str], steps: int, *, preset:
                                               'params': sum(p.numel() for p in m.flow.parameters())}) + '\n')
     return m
 
+def _flow_name(name: str, t_m: float) -> str:
+    "The run and file name of the ladder's flow `name` at `t_m`: plain at the study's 0.6, `name-tm0.2` below it."
+    return name if abs(t_m - 0.6) < 1e-3 else f'{name}-tm{t_m:.2g}'
+
 def ladder_priors(root, models: Models, rungs: Sequence[str] = RUNGS, *, flow_steps: int = 1500) -> dict:
     "The rungs for `models` (whose score network and $t_m$ they serve): name -> (prior, identity); the exact rung's prior is None."
     c, t_m, out = models.config, models.t_m, {}
@@ -122,8 +126,8 @@ def ladder_priors(root, models: Models, rungs: Sequence[str] = RUNGS, *, flow_st
             out[name] = (MomentPrior(mom, models.sde, t_m), {'prior': 'moments', 'rank': rank, 'n': mom.n, 't_m': t_m})
         elif name == 'glow_joint': out[name] = (FlowPrior(models.flow, t_m), {'flow': digest(models.flow.state_dict())})
         elif name in FLOWS:
-            own = abs(t_m - 0.6) < 1e-3   # the study's cut-off: the flows keep their plain names
-            m = train_flow(root, name if own else f'{name}-tm{t_m:.2g}', FLOWS[name], flow_steps, t_m=None if own else round(t_m, 4))
+            own = _flow_name(name, t_m) == name   # the study's cut-off: no t_m override
+            m = train_flow(root, _flow_name(name, t_m), FLOWS[name], flow_steps, t_m=None if own else round(t_m, 4))
             out[name] = (FlowPrior(m.flow, m.t_m), {'flow': digest(m.flow.state_dict()), 'steps': m.step})
         else: out[name] = (None, {'prior': 'exact x(t_m) from training images', 't_m': t_m})
     return out
@@ -565,7 +569,6 @@ def flow_seeds(root, t_m: float = 0.2, seeds: Sequence[int] = (1, 2), setting: s
     models = dataclasses.replace(models, config=models.config.override(f'sde.t_m={t_m}'))
     s = {**s, 'steps': s['steps'] or max(1, round(models.sde.N * t_m / models.sde.T))}
     own, ref = get_config(PRESET).training.seed, cells['moments_full', None]['per_image']
-    flow_name = 'glow_moments' if abs(t_m - 0.6) < 1e-3 else f'glow_moments-tm{t_m:.2g}'
     f = root / 'ladder' / f'flow_seeds-tm{t_m:g}-{name}.json'
     key = {'score_id': digest(models.score_model.state_dict()), **s, 't_m': t_m, 'moments': cells['moments_full', name]['key']['prior_id']}
     out = json.loads(f.read_text()) if f.is_file() else {}
@@ -576,7 +579,7 @@ def flow_seeds(root, t_m: float = 0.2, seeds: Sequence[int] = (1, 2), setting: s
     out['moments']['0'] = pick(cells['moments_full', name])
     prior = ladder_priors(root, models, ('moments_full',))['moments_full'][0]
     for sd in seeds:
-        m = train_flow(root, f'{flow_name}-seed{sd}', (*FLOWS['glow_moments'], f'training.seed={sd}'), flow_steps, t_m=round(t_m, 4))
+        m = train_flow(root, f"{_flow_name('glow_moments', t_m)}-seed{sd}", (*FLOWS['glow_moments'], f'training.seed={sd}'), flow_steps, t_m=round(t_m, 4))
         fid = digest(m.flow.state_dict())
         if out['flows'].get(str(sd), {}).get('flow') != fid:
             p = FlowPrior(m.flow.to(next(models.score_model.parameters()).device), t_m)
