@@ -4,7 +4,7 @@
 
 # %% ../nbs/12a_ladder.ipynb #6519277e
 from __future__ import annotations
-import dataclasses, hashlib, json, os, platform, tempfile, time
+import dataclasses, hashlib, json, os, platform, shutil, tempfile, time
 from pathlib import Path
 from typing import Sequence
 import torch
@@ -141,24 +141,39 @@ def prior_bpd(models: Models, prior, n: int = 1000, seed: int = 0) -> dict:
     return {'bpd': float(b.mean()), 'bpd_se': float(b.std() / n ** .5), 'n': n, 'seed': seed, 'per_image': [round(float(v), 6) for v in b]}
 
 def sample_cell(models: Models, prior, *, method: str, steps: int | None, schedule: str, n: int, seed: int = 0,
-                batch_size: int = 500, compile: bool = False) -> dict:
+                batch_size: int = 500, compile: bool = False, partial=None, key=None) -> dict:
     """Draw `n` samples from `prior` (None: the exact $x(t_m)$) with `models`' score network and score them (domain FID/KID);
-    `compile=True` samples through `torch.compile` (the same numbers to float rounding, ~1.4x faster on a CPU)."""
+    `compile=True` samples through `torch.compile` (the same numbers to float rounding, ~1.4x faster on a CPU).
+    `partial`: a folder that keeps each finished batch (its uint8 samples, NFE and seconds, under `key`, the settings, the
+    batch and the device), so that a run killed mid-cell starts again at the first batch not drawn; samples are drawn per
+    sample from `seed` (`first`), so a resumed cell is the cell drawn at once. `sampling_seconds` sums the batches' own."""
     centered = models.config.resolved().data.centered
     kw = {**models.config.sampling_kwargs(), 'method': method, 'steps': steps, 'schedule': schedule}
     x0 = training_images(n, centered, seed) if prior is None else None
     dev = next(models.score_model.parameters()).device
-    net = torch.compile(models.score_model) if compile else models.score_model
-    t0, out = time.perf_counter(), []
+    net = None
+    out, secs, kept = [], 0., 0
     for first in range(0, n, batch_size):
-        p = prior if prior is not None else ExactPrior(x0[first:first + batch_size], models.sde, models.t_m)
-        r = hybrid_sample(p, models.sde, net, min(batch_size, n - first), seed=seed, first=first, device=dev, **kw)
-        out.append(to_uint8(r.samples.cpu(), centered))
-    secs = time.perf_counter() - t0
+        bk = {'cell': key, 'method': method, 'steps': steps, 'schedule': schedule, 'n': n, 'seed': seed, 'first': first,
+              'batch_size': batch_size, 'compiled': compile, 'device': dev.type}
+        f = Path(partial) / f'batch{first}.pt' if partial is not None else None
+        if f is not None and f.is_file() and (b := torch.load(f, weights_only=True))['key'] == json.dumps(bk, sort_keys=True, default=str):
+            kept += 1
+        else:
+            if net is None: net = torch.compile(models.score_model) if compile else models.score_model
+            t0 = time.perf_counter()
+            p = prior if prior is not None else ExactPrior(x0[first:first + batch_size], models.sde, models.t_m)
+            r = hybrid_sample(p, models.sde, net, min(batch_size, n - first), seed=seed, first=first, device=dev, **kw)
+            b = {'key': json.dumps(bk, sort_keys=True, default=str), 'samples': to_uint8(r.samples.cpu(), centered), 'nfe': r.nfe,
+                 'seconds': time.perf_counter() - t0}
+            if f is not None:
+                f.parent.mkdir(parents=True, exist_ok=True); torch.save(b, f.with_suffix('.tmp')); os.replace(f.with_suffix('.tmp'), f)
+        out.append(b['samples']); secs += b['seconds']
     d = domain_scores(torch.cat(out))
-    return {'method': method, 'steps': steps, 'schedule': schedule, 'nfe': r.nfe, 'n': n, 'seed': seed, 'fid': d['fid'],
+    return {'method': method, 'steps': steps, 'schedule': schedule, 'nfe': b['nfe'], 'n': n, 'seed': seed, 'fid': d['fid'],
             'kid': d['kid'], 'kid_std': d['kid_std'], 'extractor': d['extractor'], 'extractor_hash': d['extractor_hash'],
-            'reference': d['reference'], 'sampling_seconds': round(secs, 1), 'device': dev.type, 'compiled': compile}
+            'reference': d['reference'], 'sampling_seconds': round(secs, 1), 'device': dev.type, 'compiled': compile,
+            **({'resumed_batches': kept} if kept else {})}
 
 def _drawn_before(root: Path, score: str, rung: str, s: dict, models: Models, mid: str, seed: int) -> dict | None:
     """A cell the study already drew with this recipe from these weights (`bench.model_id` `mid` of the exported model,
@@ -187,7 +202,8 @@ def bench_prior(root='bench/fashion_mnist', score: str = 'dinof', rungs: Sequenc
     """The ladder's cells for the score network of `score_file(root, score)` (at its own $t_m$, or `t_m` inside its interval;
     a name of `CONTROLS` is trained first where it is not exported yet):
     each rung's held-out bits/dim, then each sampler setting (names of `SETTINGS`, or a dict name -> settings). A cell is a JSON file under `root/ladder/cells`, re-drawn
-    only when its key (score network, prior, settings, N, seed) changed: a run resumes where the last one stopped. A cell
+    only when its key (score network, prior, settings, N, seed) changed: a run resumes where the last one stopped, inside a
+    cell at its first batch not drawn (`root/ladder/partial`, removed once the cell is stored). A cell
     the study already drew with the same recipe from the same weights (`_drawn_before`: the joint Glow's cells, the exact
     prior's `oracle_prior.json`) is adopted, not drawn again, and records its `source` and device."""
     root = Path(root)
@@ -219,9 +235,11 @@ def bench_prior(root='bench/fashion_mnist', score: str = 'dinof', rungs: Sequenc
             f = cells / f'{tag}-{name}-{setting}-n{s["n"]}-seed{seed}.json'
             if f.is_file() and json.loads(f.read_text()).get('key') == key: out.append(json.loads(f.read_text())); continue
             old = _drawn_before(root, score, name, s, models, mid, seed)
-            drawn = {k: old[k] for k in _ADOPTED if k in old} if old else sample_cell(models, prior, seed=seed, compile=compile, **s)
+            part = root / 'ladder' / 'partial' / f.stem   # the batches of a cell being drawn: a killed run resumes from them
+            drawn = ({k: old[k] for k in _ADOPTED if k in old} if old else
+                     sample_cell(models, prior, seed=seed, compile=compile, partial=part, key=key, **s))
             rec = {'score': tag, 'rung': name, 'setting': setting, 'key': key, **drawn}
-            _write_json(f, rec); out.append(rec)
+            _write_json(f, rec); out.append(rec); shutil.rmtree(part, ignore_errors=True)
             _say(f'{tag:8s} {name:14s} {setting:6s} FID {rec["fid"]:7.2f}  KID {rec["kid"]:.3f}  '
                  + (f'(adopted: {rec["source"]}, {rec["device"]})' if old else f'({rec["sampling_seconds"]:.0f} s)'))
     return out
