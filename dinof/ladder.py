@@ -517,7 +517,9 @@ def seed_summary(cells: list[dict], setting: str = 'dpm2') -> str:
                                                      ("the baseline from N(0, I) at T", base)) if d]
     if not parts: return ''
     seeds = sorted(set(flow) | set(mom) | set(base))
-    out = [f"Over training seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, {_SETTING_WORDS[setting].split(' (')[0]}: " + '; '.join(parts) + '.']
+    how = _SETTING_WORDS[setting].split(' (')[0]
+    if setting == 'paper' and base: how = "the paper's PC sampler (DiNof 600 steps from t_m, the baseline 1,000 from T)"
+    out = [f"Over training seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, {how}: " + '; '.join(parts) + '.']
     def verdict(a: dict, b: dict, name_a: str, name_b: str, paired: bool) -> str:
         if not (v := _seed_verdict(a, b, paired)): return ''
         lo, gap, sd, kind = name_b if v[0] == 'b' else name_a, *v[1:]
