@@ -454,7 +454,7 @@ def _bench_args(p):
     p.add_argument('--t-m', type=float, default=None, help="prior: a cut-off below the score network's own (default: its own)")
     p.add_argument('--flow-seeds', default=None, help='prior: comma-separated training seeds: train the moment-based Glow at --t-m again with each '
                         'and compare it with the moment Gaussian over flow seeds (dinof.ladder.flow_seeds), instead of the rungs')
-    p.add_argument('--todo', action='store_true', help='prior: print the commands that draw what dinof.ladder.PLAN holds and the stored cells lack, draw nothing')
+    p.add_argument('--todo', action='store_true', help='prior: print the commands that draw what dinof.ladder.PLAN holds and the stored cells lack, and the cells a killed run left half drawn; draw nothing')
     _device_progress(p)
 
 @command('bench', 'The Fashion-MNIST study: DiNof against the Gaussian prior at equal NFE (quality), the samplers\' speed (speed), or the prior ladder (prior).', _bench_args)
@@ -473,9 +473,10 @@ def _bench(args):
     _writable_folder(args.root, '--root')
     root = Path(args.root)
     if args.what == 'prior':
-        from dinof.ladder import CONTROLS, RUNGS, bench_prior, ladder_table, ladder_todo, load_ladder, score_file
+        from dinof.ladder import CONTROLS, RUNGS, bench_prior, ladder_in_progress, ladder_table, ladder_todo, load_ladder, score_file
         if args.todo:
             print('\n'.join(ladder_todo(load_ladder(root))) or 'every cell of dinof.ladder.PLAN is drawn')
+            for s in ladder_in_progress(root): print(f'in progress: {s}')
             return 0
         _positive('--flow-steps', args.flow_steps)
         f = score_file(root, args.score)

@@ -22,7 +22,7 @@ __all__ = ['RUNGS', 'RUNG_LABELS', 'FLOW_SIZE', 'FLOWS', 'SETTINGS', 'STUDY_STEP
            'sample_cell', 'bench_prior', 'load_ladder', 'ladder_rows', 'ladder_table', 'sampling_spread',
            'study_references', 'ladder_summary', 'plot_ladder', 'score_file', 'train_control', 'identity_start',
            'tm_sweep', 'tm_table', 'plot_tm', 'seed_fids', 'seed_summary', 'score_only_summary', 'flow_seeds',
-           'flow_seeds_summary', 'load_flow_seeds', 'ladder_headline', 'ladder_todo']
+           'flow_seeds_summary', 'load_flow_seeds', 'ladder_headline', 'ladder_todo', 'ladder_in_progress']
 
 # %% ../nbs/12a_ladder.ipynb #33fca3d1
 RUNGS = ('standard', 'moments_diag', 'moments_full', 'glow_joint', 'glow_large', 'glow_moments', 'exact')
@@ -728,4 +728,13 @@ def ladder_todo(cells: list[dict], settings: Sequence[str] = ('dpm2', 'paper')) 
         for tag, (score, t_m, rungs) in PLAN.items():
             miss = [r for r in rungs if (tag, r, st) not in have or (r != 'exact' and (tag, r, 'bpd') not in have)]
             if miss: out.append(f"dinof bench prior --score {score}{f' --t-m {t_m:g}' if t_m else ''} --rungs {','.join(miss)} --settings {st}")
+    return out
+
+def ladder_in_progress(root='bench/fashion_mnist') -> list[str]:
+    "The cells a killed run left half drawn (`root/ladder/partial`, `sample_cell`'s kept batches): how many samples each keeps."
+    out = []
+    for d in sorted((Path(root) / 'ladder' / 'partial').glob('*')):
+        kept = [torch.load(f, weights_only=True) for f in sorted(d.glob('batch*.pt'))]
+        if kept: out.append(f"{d.name}: {sum(len(b['samples']) for b in kept)} of {json.loads(kept[0]['key'])['n']} samples drawn, "
+                            f"{sum(b['seconds'] for b in kept) / 60:.0f} min kept")
     return out

@@ -216,11 +216,17 @@ def test_bench_prior_bad_input_is_one_line(tmp_path):
 def test_bench_prior_todo_lists_what_is_left(tmp_path, capsys):
     "`dinof bench prior --todo` prints `ladder_todo`'s commands for the stored cells and draws nothing."
     from dinof.cli import main
-    from dinof.ladder import PLAN, ladder_todo, load_ladder
+    import json, torch
+    from dinof.ladder import PLAN, ladder_in_progress, ladder_todo, load_ladder
     assert main(['bench', 'prior', '--root', str(tmp_path), '--todo']) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 * len(PLAN) and out[0].startswith('dinof bench prior --score dinof --rungs standard,') and out[0].endswith('--settings dpm2')
     assert not (tmp_path / 'ladder').exists()
+    d = tmp_path / 'ladder' / 'partial' / 'dinof-exact-paper-n1000-seed0'; d.mkdir(parents=True)   # a cell a killed run left half drawn
+    torch.save({'key': json.dumps({'n': 1000}), 'samples': torch.zeros(500, 1, 28, 28, dtype=torch.uint8), 'nfe': 1, 'seconds': 60.}, d / 'batch0.pt')
+    assert main(['bench', 'prior', '--root', str(tmp_path), '--todo']) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == 'in progress: dinof-exact-paper-n1000-seed0: 500 of 1000 samples drawn, 1 min kept'
     root = SHIPPED.parent
     assert main(['bench', 'prior', '--root', str(root), '--todo']) == 0
-    assert capsys.readouterr().out.splitlines() == (ladder_todo(load_ladder(root)) or ['every cell of dinof.ladder.PLAN is drawn'])
+    assert capsys.readouterr().out.splitlines() == ((ladder_todo(load_ladder(root)) or ['every cell of dinof.ladder.PLAN is drawn'])
+                                                    + [f'in progress: {s}' for s in ladder_in_progress(root)])
