@@ -377,7 +377,8 @@ def plot_ladder(cells: list[dict], score: str = 'dinof'):
 STUDY_STEPS = 2000   # the study's models: 2,000 steps of batch 64 (bench_quality)
 CONTROLS = {'score_only': ('training.w_flow=0',),   # DiNof's score network trained alone on [eps, 0.6]
             **{f'dinof-seed{s}': (f'training.seed={s}',) for s in (1, 2)},
-            **{f'baseline-seed{s}': (*BASELINE, f'training.seed={s}') for s in (1, 2)}}
+            **{f'baseline-seed{s}': (*BASELINE, f'training.seed={s}') for s in (1, 2)},
+            **{f'score_only-seed{s}': ('training.w_flow=0', f'training.seed={s}') for s in (1, 2)}}
 
 def score_file(root, score: str) -> Path:
     "Where the score network `score` is exported: `root/models` for the study's models, `root/ladder/models` for `CONTROLS`."
@@ -711,21 +712,24 @@ def ladder_headline(cells: list[dict], spread: dict | None = None, flow_seeds: S
 
 # %% ../nbs/12a_ladder.ipynb #e1a7c0d2
 _CORE = ('standard', 'moments_full', 'glow_moments', 'exact')
-PLAN = {'dinof': ('dinof', None, RUNGS),                      # tag of the cells -> (score network, t_m override, rungs)
+PLAN = {'dinof': ('dinof', None, RUNGS),                      # tag of the cells -> (score network, t_m override, rungs[, settings])
         'baseline-tm0.6': ('baseline', 0.6, _CORE),
         'baseline': ('baseline', None, ('standard',)),         # the baseline as the study samples it: N(0, I) at T
         'score_only': ('score_only', None, ('standard', 'moments_full', 'exact')),
         **{f'{m}-seed{s}': (f'{m}-seed{s}', None, ('standard', 'moments_full', 'glow_joint') if m == 'dinof' else ('standard',))
            for m in ('dinof', 'baseline') for s in (1, 2)},
+        **{f'score_only-seed{s}': (f'score_only-seed{s}', None, ('standard', 'moments_full'), ('dpm2',)) for s in (1, 2)},   # PC: ~45 min a cell
         'dinof-tm0.4': ('dinof', 0.4, _CORE), 'dinof-tm0.2': ('dinof', 0.2, _CORE)}
 
 def ladder_todo(cells: list[dict], settings: Sequence[str] = ('dpm2', 'paper')) -> list[str]:
     """The `dinof bench prior` commands that draw what `PLAN` holds and the stored `cells` lack (a rung's FID at each of
-    `settings`, with its held-out bits/dim where it has a density), one per tag and setting, the cheap setting first."""
+    `settings` that the tag is planned at, with its held-out bits/dim where it has a density), one per tag and setting,
+    the cheap setting first."""
     have = {(c['score'], c['rung'], c.get('setting', 'bpd')) for c in cells}
     out = []
     for st in settings:
-        for tag, (score, t_m, rungs) in PLAN.items():
+        for tag, (score, t_m, rungs, *only) in PLAN.items():
+            if only and st not in only[0]: continue
             miss = [r for r in rungs if (tag, r, st) not in have or (r != 'exact' and (tag, r, 'bpd') not in have)]
             if miss: out.append(f"dinof bench prior --score {score}{f' --t-m {t_m:g}' if t_m else ''} --rungs {','.join(miss)} --settings {st}")
     return out
