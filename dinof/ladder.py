@@ -503,10 +503,10 @@ def _seed_verdict(a: dict, b: dict, paired: bool) -> tuple | None:
     return 'b' if d.mean() > 0 else 'a', gap, sd, kind
 
 def _said(v: tuple, sd: str = 'the training-seed sd') -> str:
-    "A `_seed_verdict` in words, of its first model: 'lower by 7.3, within twice the training-seed sd (8.7): no winner'."
-    return (f"{'lower' if v[0] == 'a' else 'higher'} by {v[1]:.1f}, " + {'win': f'on every seed and by more than twice {sd} ({v[2]:.1f})',
+    "A `_seed_verdict` in words, of its first model: 'lower by 7.3, within twice the training-seed sd (sd 8.7): no winner'."
+    return (f"{'lower' if v[0] == 'a' else 'higher'} by {v[1]:.1f}, " + {'win': f'on every seed and by more than twice {sd} (sd {v[2]:.1f})',
             'mixed': 'not on every seed: no winner',
-            'overlap': f'by more than twice {sd} ({v[2]:.1f}), but the two ranges overlap: no winner', 'noise': f'within twice {sd} ({v[2]:.1f}): no winner'}[v[3]])
+            'overlap': f'by more than twice {sd} (sd {v[2]:.1f}), but the two ranges overlap: no winner', 'noise': f'within twice {sd} (sd {v[2]:.1f}): no winner'}[v[3]])
 
 def seed_summary(cells: list[dict], setting: str = 'dpm2') -> str:
     """Over training seeds, at one sampler `setting`: DiNof from its joint Glow and from the moment Gaussian (paired: the
@@ -527,8 +527,8 @@ def seed_summary(cells: list[dict], setting: str = 'dpm2') -> str:
         lo = lo[0].upper() + lo[1:]   # it starts a sentence
         if kind == 'mixed': return f"{lo} is ahead by {gap:.1f} FID on average, but not on every seed: no winner."
         if kind == 'win':
-            return f"{lo} is better on every seed, by {gap:.1f} FID on average, more than twice the training-seed sd of the difference ({sd:.1f})."
-        return f"{lo} is ahead by {gap:.1f} FID on average, within twice the training-seed sd of the difference ({sd:.1f}): no winner."
+            return f"{lo} is better on every seed, by {gap:.1f} FID on average, more than twice the training-seed sd of the difference (sd {sd:.1f})."
+        return f"{lo} is ahead by {gap:.1f} FID on average, within twice the training-seed sd of the difference (sd {sd:.1f}): no winner."
     if flow and mom: out.append(verdict(flow, mom, "DiNof from its Glow", "DiNof from the moment Gaussian", True))
     if flow and base: out.append(verdict(flow, base, "DiNof from its Glow", "the baseline", False))
     if mom and base: out.append(verdict(mom, base, "DiNof from the moment Gaussian", "the baseline", False))
@@ -678,9 +678,9 @@ def ladder_headline(cells: list[dict], spread: dict | None = None, flow_seeds: S
         ms = lambda d: _pm(d[s] for s in seeds)
         lo = 'the moment Gaussian' if v[0] == 'a' else 'its Glow'
         out.append(f"Over training seeds {', '.join(map(str, seeds))} ({_SETTING_WORDS[st].split(' (')[0]}), DiNof's network scores {ms(mom)} from "
-                   f"the moment Gaussian and {ms(flow)} from its own Glow: " + {'win': f'{lo} is lower on every seed, by more than twice the training-seed sd of the difference ({v[2]:.1f}).',
+                   f"the moment Gaussian and {ms(flow)} from its own Glow: " + {'win': f'{lo} is lower on every seed, by more than twice the training-seed sd of the difference (sd {v[2]:.1f}).',
                                                                                'mixed': f'{lo} is lower on average but not on every seed: no winner.',
-                                                                               'noise': f'{lo} is lower, within twice the training-seed sd of the difference ({v[2]:.1f}): no winner.'}[v[3]])
+                                                                               'noise': f'{lo} is lower, within twice the training-seed sd of the difference (sd {v[2]:.1f}): no winner.'}[v[3]])
         base = seed_fids(cells, 'baseline', 'standard', st)
         if not (vb := _seed_verdict(flow, base, False)): continue
         vm = _seed_verdict(mom, base, False)
