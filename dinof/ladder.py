@@ -22,7 +22,8 @@ __all__ = ['RUNGS', 'RUNG_LABELS', 'FLOW_SIZE', 'FLOWS', 'SETTINGS', 'STUDY_STEP
            'sample_cell', 'bench_prior', 'load_ladder', 'ladder_rows', 'ladder_table', 'sampling_spread',
            'study_references', 'ladder_summary', 'plot_ladder', 'score_file', 'train_control', 'identity_start',
            'tm_sweep', 'tm_table', 'plot_tm', 'seed_fids', 'seed_summary', 'score_only_summary', 'flow_seeds',
-           'flow_seeds_summary', 'load_flow_seeds', 'ladder_headline', 'ladder_todo', 'ladder_in_progress']
+           'flow_seeds_summary', 'load_flow_seeds', 'ladder_headline', 'ladder_brief', 'ladder_todo',
+           'ladder_in_progress']
 
 # %% ../nbs/12a_ladder.ipynb #33fca3d1
 RUNGS = ('standard', 'moments_diag', 'moments_full', 'glow_joint', 'glow_large', 'glow_moments', 'exact')
@@ -320,11 +321,11 @@ def ladder_summary(cells: list[dict], spread: dict | None = None, score: str = '
         out.append(s + ').')
     for setting in ('dpm2', 'paper'):
         have = {r: rows[r][setting]['fid'] for r in RUNGS if setting in rows.get(r, {})}
-        if setting == 'paper' and have and references:
-            out.append(f"With {_SETTING_WORDS[setting]}, drawn so far: " + '; '.join(f"{RUNG_LABELS[r]} {have[r]:.1f}" for r in RUNGS if r in have)
-                       + "; the study's cells at this setting: " + '; '.join(f"{k} {v:.1f}" for k, v in references.items())
-                       + (f" (the sampling-seed sd of PC here is about {spread['paper']:.1f})." if spread.get('paper') else '.'))
-        if not {'standard', 'moments_full'} <= set(have): continue
+        refs = ("The study's own cells at this setting: " + '; '.join(f"{k} {v:.1f}" for k, v in references.items()) + '.'
+                if setting == 'paper' and have and references else '')
+        if not {'standard', 'moments_full'} <= set(have):   # too few rungs to compare: what is drawn, beside the study's cells
+            if refs: out.append(f"With {_SETTING_WORDS[setting]}, drawn so far: " + '; '.join(f"{RUNG_LABELS[r]} {have[r]:.1f}" for r in RUNGS if r in have) + '. ' + refs)
+            continue
         s = f"With {_SETTING_WORDS[setting]}, FID " + '; '.join(f"{RUNG_LABELS[r]}: {have[r]:.1f}" for r in RUNGS if r in have) + '.'
         if 'exact' in have and have['standard'] - have['exact'] > 0:
             gain = lambda r: 100 * (have['standard'] - have[r]) / (have['standard'] - have['exact'])
@@ -338,7 +339,7 @@ def ladder_summary(cells: list[dict], spread: dict | None = None, score: str = '
                 s += f" The best learned prior, {RUNG_LABELS[best]}, beats the moment Gaussian by {d:.1f} FID, more than twice the sampling-seed sd{noise[noise.index(' here'):-1]})."
             elif kind == 'noise': s += f" The best learned prior, {RUNG_LABELS[best]}, is {d:.1f} FID below the moment Gaussian: within the noise{noise}, no winner."
             else: s += f" No learned prior beats the moment Gaussian: the best, {RUNG_LABELS[best]}, is {-d:.1f} FID above it{noise}."
-        out.append(s)
+        out.append(s + (' ' + refs if refs else ''))
     if (use := _use_sentence(rows)): out.append(use)
     return ' '.join(out)
 
@@ -508,6 +509,8 @@ def _said(v: tuple, sd: str = 'the training-seed sd') -> str:
             'mixed': 'not on every seed: no winner',
             'overlap': f'by more than twice {sd} (sd {v[2]:.1f}), but the two ranges overlap: no winner', 'noise': f'within twice {sd} (sd {v[2]:.1f}): no winner'}[v[3]])
 
+_PAPER_BOTH = "the paper's PC sampler (DiNof 600 steps from t_m, the baseline 1,000 from T)"
+
 def seed_summary(cells: list[dict], setting: str = 'dpm2') -> str:
     """Over training seeds, at one sampler `setting`: DiNof from its joint Glow and from the moment Gaussian (paired: the
     same score network), and the baseline from $\\mathcal N(0, I)$ at $T$. A prior or a model is named the winner only when
@@ -519,7 +522,7 @@ def seed_summary(cells: list[dict], setting: str = 'dpm2') -> str:
     if not parts: return ''
     seeds = sorted(set(flow) | set(mom) | set(base))
     how = _SETTING_WORDS[setting].split(' (')[0]
-    if setting == 'paper' and base: how = "the paper's PC sampler (DiNof 600 steps from t_m, the baseline 1,000 from T)"
+    if setting == 'paper' and base: how = _PAPER_BOTH
     out = [f"Over training seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, {how}: " + '; '.join(parts) + '.']
     def verdict(a: dict, b: dict, name_a: str, name_b: str, paired: bool) -> str:
         if not (v := _seed_verdict(a, b, paired)): return ''
@@ -638,28 +641,19 @@ def load_flow_seeds(root='bench/fashion_mnist') -> list[dict]:
 def _fid(cells: list[dict], tag: str, rung: str, setting: str) -> float | None:
     return next((r[setting]['fid'] for r in ladder_rows(cells, tag) if r['rung'] == rung and setting in r), None)
 
-def ladder_headline(cells: list[dict], spread: dict | None = None, flow_seeds: Sequence[dict] = ()) -> str:
-    """The ladder in a few plain sentences for the front page (the long form: `ladder_summary`, `seed_summary`): DiNof's
-    score network from each prior at $t_m = 0.6$ at both settings, the share of the exact prior's gain the moment Gaussian
-    and the study's Glow recover, whether a learned prior beats the moment Gaussian, the baseline's score network from
-    the moments against its own $\\mathcal N(0, I)$ at $T$, the cut-offs below 0.6, and `flow_seeds` results (the
-    moment-based Glow over flow training seeds against the moment Gaussian) where given."""
-    spread, out = spread or {}, []
-    f = lambda r, st, tag='dinof': _fid(cells, tag, r, st)
-    both = lambda r: ' / '.join('–' if v is None else f'{v:.1f}' for v in (f(r, 'dpm2'), f(r, 'paper')))
-    drawn = [r for r in RUNGS if f(r, 'dpm2') is not None or f(r, 'paper') is not None]
-    if not drawn: return ''
-    out.append("Same score network (DiNof's), only the prior at t_m = 0.6 changed; FID at DPM-Solver-2 NFE 19 / the paper's PC, "
-               "600 steps: " + '; '.join(f'{RUNG_LABELS[r]} {both(r)}' for r in drawn) + '.')
+def _gains_sentence(f) -> str:
+    "The share of the exact prior's gain over N(0, I) that the moment Gaussian and the study's Glow recover, per setting (`f(rung, setting)`: a FID)."
     short, gains = {'moments_full': 'the moment Gaussian', 'glow_joint': "the study's Glow"}, {}
-    for st in ('dpm2', 'paper'):   # the share of the exact prior's gain over N(0, I) a rung recovers, per setting
+    for st in ('dpm2', 'paper'):
         if None in (f('standard', st), f('exact', st)) or f('standard', st) <= f('exact', st): continue
         for r in short:
             if f(r, st) is not None: gains.setdefault(r, {})[st] = 100 * (f('standard', st) - f(r, st)) / (f('standard', st) - f('exact', st))
-    if gains:
-        words = {'dpm2': 'at DPM-Solver-2', 'paper': "at the paper's PC"}
-        out.append("Of the exact prior's gain over N(0, I), " + '; '.join(
-            f"{short[r]} recovers " + ' and '.join(f"{g:.0f}% {words[st]}" for st, g in gains[r].items()) for r in gains) + '.')
+    words = {'dpm2': 'at DPM-Solver-2', 'paper': "at the paper's PC"}
+    return ("Of the exact prior's gain over N(0, I), " + '; '.join(
+        f"{short[r]} recovers " + ' and '.join(f"{g:.0f}% {words[st]}" for st, g in gains[r].items()) for r in gains) + '.') if gains else ''
+
+def _learned_sentence(f, spread: dict) -> str:
+    "Whether a learned prior beats the moment Gaussian at t_m = 0.6, by the sampling-seed rule of `ladder_summary`."
     verdicts, win = [], False
     for st in ('dpm2', 'paper'):
         if not (vs := _vs_moments({r: f(r, st) for r in RUNGS if f(r, st) is not None}, spread.get(st))): continue
@@ -668,9 +662,50 @@ def ladder_headline(cells: list[dict], spread: dict | None = None, flow_seeds: S
         verdicts.append(f"{words}: {RUNG_LABELS[best]} beats it by {d:.1f}, beyond twice the sampling-seed sd" if kind == 'win' else
                         f"{words}: {RUNG_LABELS[best]} is {d:.1f} lower, within the sampling noise" if kind == 'noise' else
                         f"{words}: the best, {RUNG_LABELS[best]}, is {-d:.1f} above it")
-    if verdicts:
-        out.append(("At t_m = 0.6 a learned prior beats the moment Gaussian at " if win else "At t_m = 0.6 no learned prior beats the moment Gaussian at any setting drawn (")
-                   + '; '.join(verdicts) + ('.' if win else ').'))
+    if not verdicts: return ''
+    return (("At t_m = 0.6 a learned prior beats the moment Gaussian at " if win else "At t_m = 0.6 no learned prior beats the moment Gaussian at any setting drawn (")
+            + '; '.join(verdicts) + ('.' if win else ').'))
+
+def _low_cutoffs(cells: list[dict]) -> dict:
+    "t_m below 0.6 -> {rung: FID at DPM-Solver-2 NFE 19}, where both the moment Gaussian and the exact prior are drawn."
+    sweep = {t: {r['rung']: r['dpm2']['fid'] for r in rows if 'dpm2' in r} for t, rows in tm_sweep(cells).items()}
+    return {t: v for t, v in sweep.items() if t < 0.6 - 1e-9 and {'moments_full', 'exact'} <= set(v)}
+
+def _flow_seeds_sentence(r: dict) -> str:
+    "A `flow_seeds` result in one sentence: the moment-based Glow over flow training seeds against the moment Gaussian, or ''."
+    if not (v := r.get('verdict')): return ''
+    fl, mo = ([x['fid'] for x in r[k].values()] for k in ('flows', 'moments'))
+    d = [x['minus_moments'] for x in r['flows'].values() if 'minus_moments' in x]
+    fits = (f" fits held-out x(t_m) better than the moment Gaussian on {sum(x < 0 for x in d)} of {len(d)} flows "
+            f"({-max(d):.4f} to {-min(d):.4f} bits/dim lower) and" if d else '')
+    return (f"At t_m = {r['t_m']:g} ({_SETTING_WORDS.get(r['setting'], r['setting']).split(' (')[0]}), the moment-based Glow over flow training seeds "
+            f"{', '.join(r['flows'])}{fits} scores {_pm(fl)} against the moment Gaussian's {_pm(mo)} over sampling seeds: it is {_said(v, _SEEDS_SD)}.")
+
+def _flow_seeds_brief(r: dict) -> str:
+    "`_flow_seeds_sentence` in a clause: how many flow seeds fit better, and whether the samples are better beyond the noise."
+    if not (v := r.get('verdict')): return ''
+    fl, mo = ([x['fid'] for x in r[k].values()] for k in ('flows', 'moments'))
+    d = [x['minus_moments'] for x in r['flows'].values() if 'minus_moments' in x]
+    better = v[0] == 'a' and v[3] == 'win'
+    fits = (f" fits held-out x(t_m) better on {sum(x < 0 for x in d)} of {len(d)} flow training seeds, "
+            + ('but' if any(x < 0 for x in d) and not better else 'and')) if d else ''
+    return (f"at {r['t_m']:g} the moment-based Glow{fits} its samples are {'' if better else 'not '}better beyond the noise "
+            f"({_pm(fl)} against {_pm(mo)} over seeds)")
+
+def ladder_headline(cells: list[dict], spread: dict | None = None, flow_seeds: Sequence[dict] = ()) -> str:
+    """The ladder in one paragraph, at length (the front page's short form: `ladder_brief`; the longer ones: `ladder_summary`,
+    `seed_summary`): DiNof's score network from each prior at $t_m = 0.6$ at both settings, the share of the exact prior's
+    gain the moment Gaussian and the study's Glow recover, whether a learned prior beats the moment Gaussian, the training
+    seeds, the baseline's score network from the moments against its own $\\mathcal N(0, I)$ at $T$, the cut-offs below
+    0.6, and `flow_seeds` results (the moment-based Glow over flow training seeds against the moment Gaussian) where given."""
+    spread, out = spread or {}, []
+    f = lambda r, st, tag='dinof': _fid(cells, tag, r, st)
+    both = lambda r: ' / '.join('–' if v is None else f'{v:.1f}' for v in (f(r, 'dpm2'), f(r, 'paper')))
+    drawn = [r for r in RUNGS if f(r, 'dpm2') is not None or f(r, 'paper') is not None]
+    if not drawn: return ''
+    out.append("Same score network (DiNof's), only the prior at t_m = 0.6 changed; FID at DPM-Solver-2 NFE 19 / the paper's PC, "
+               "600 steps: " + '; '.join(f'{RUNG_LABELS[r]} {both(r)}' for r in drawn) + '.')
+    out += [_gains_sentence(f), _learned_sentence(f, spread)]
     for st in ('dpm2', 'paper'):   # training seeds, once two are drawn (the long form: `seed_summary`)
         flow, mom = seed_fids(cells, 'dinof', 'glow_joint', st), seed_fids(cells, 'dinof', 'moments_full', st)
         if not (v := _seed_verdict(mom, flow, True)): continue
@@ -692,23 +727,55 @@ def ladder_headline(cells: list[dict], spread: dict | None = None, flow_seeds: S
         out.append(f"The baseline's score network, trained on [eps, T] with no flow, started from the moment Gaussian at 0.6 scores "
                    f"{b_mom:.1f} at DPM-Solver-2 NFE 19, against {b_T:.1f} from N(0, I) at T"
                    + (f"; at the paper's PC, {p_mom:.1f} in 600 steps from 0.6 against {p_T:.1f} in 1,000 from T" if None not in (p_mom, p_T) else '') + '.')
-    sweep = {t: {r['rung']: r['dpm2']['fid'] for r in rows if 'dpm2' in r} for t, rows in tm_sweep(cells).items() if abs(t - .6) > 1e-9}
-    low = {t: v for t, v in sweep.items() if t < 0.6 - 1e-9 and {'moments_full', 'exact'} <= set(v)}
-    if low:
+    if (low := _low_cutoffs(cells)):
         out.append('Lower cut-offs (DPM-Solver-2 NFE 19, moment Gaussian against exact x(t_m)): '
                    + '; '.join(f"t_m = {t:g}: {v['moments_full']:.1f} against {v['exact']:.1f}" + (f" (moment-based Glow {v['glow_moments']:.1f})" if 'glow_moments' in v else '')
                                for t, v in low.items()) + '.')
-    for r in flow_seeds:   # a learned prior against the moment Gaussian over the flow's training seeds
-        if not (v := r.get('verdict')): continue
-        fl, mo = ([x['fid'] for x in r[k].values()] for k in ('flows', 'moments'))
-        d = [x['minus_moments'] for x in r['flows'].values() if 'minus_moments' in x]
-        fits = (f" fits held-out x(t_m) better than the moment Gaussian on {sum(x < 0 for x in d)} of {len(d)} flows "
-                f"({-max(d):.4f} to {-min(d):.4f} bits/dim lower) and" if d else '')
-        out.append(f"At t_m = {r['t_m']:g} ({_SETTING_WORDS.get(r['setting'], r['setting']).split(' (')[0]}), the moment-based Glow over flow training seeds "
-                   f"{', '.join(r['flows'])}{fits} scores {_pm(fl)} against the moment Gaussian's {_pm(mo)} over sampling seeds: it is {_said(v, _SEEDS_SD)}.")
-    if (use := _use_sentence({r['rung']: r for r in ladder_rows(cells, 'dinof')})): out.append(use)
-    return ' '.join(out)
+    out += [_flow_seeds_sentence(r) for r in flow_seeds]
+    out.append(_use_sentence({r['rung']: r for r in ladder_rows(cells, 'dinof')}))
+    return ' '.join(s for s in out if s)
 
+_WHO = {'mom': 'DiNof from the moment Gaussian', 'flow': 'DiNof from its Glow', 'base': 'the baseline'}
+_PAIRS = (('mom', 'flow', True), ('mom', 'base', False), ('flow', 'base', False))   # paired: the same score network
+
+def _seeds_brief(cells: list[dict], setting: str) -> str:
+    """One sentence at `setting`: DiNof's network from the moment Gaussian and from its own Glow and the baseline from
+    $\\mathcal N(0, I)$ at $T$, as mean ± sd over the training seeds all three have (two or more), and which beats which by
+    `_seed_verdict`'s rule (the long form: `seed_summary`); '' with fewer seeds."""
+    fids = {k: seed_fids(cells, m, r, setting) for k, (m, r) in
+            {'mom': ('dinof', 'moments_full'), 'flow': ('dinof', 'glow_joint'), 'base': ('baseline', 'standard')}.items()}
+    seeds = sorted(set.intersection(*(set(d) for d in fids.values())))
+    if len(seeds) < 2: return ''
+    fids = {k: {s: d[s] for s in seeds} for k, d in fids.items()}
+    beats = {}
+    for a, b, paired in _PAIRS:
+        if (v := _seed_verdict(fids[a], fids[b], paired))[3] == 'win':
+            w, l = (a, b) if v[0] == 'a' else (b, a)
+            beats.setdefault(w, []).append(l)
+    rest = [f"{_WHO[a]} against {_WHO[b]}" for a, b, _ in _PAIRS if b not in beats.get(a, []) and a not in beats.get(b, [])]
+    said = ('; '.join(f"{_WHO[w]} beats {' and '.join(_WHO[x] for x in xs)}" for w, xs in beats.items())
+            + " beyond the training seeds' spread" + (f" ({'; '.join(rest)}: within it)" if rest else '')) if beats else "no winner beyond the training seeds' spread"
+    pm = lambda k: _pm(fids[k].values())
+    return (f"Over training seeds {', '.join(map(str, seeds))}, {_PAPER_BOTH if setting == 'paper' else _SETTING_WORDS[setting].split(' (')[0]}, "
+            f"DiNof's network scores {pm('mom')} from the moment Gaussian and {pm('flow')} from its own Glow, the baseline {pm('base')} "
+            f"from N(0, I) at T (FID, mean ± sd): {said}.")
+
+def ladder_brief(cells: list[dict], spread: dict | None = None, flow_seeds: Sequence[dict] = ()) -> str:
+    """The ladder in a short plain paragraph for the front page, beside `ladder_table`: how much of the exact prior's gain the
+    moment Gaussian and the study's Glow recover at $t_m = 0.6$, whether a learned prior beats the moment Gaussian there,
+    DiNof against the baseline over training seeds at each setting (`_seeds_brief`), the cut-offs below 0.6 with
+    `flow_seeds`, and which prior to use. The same at length: `ladder_headline`."""
+    spread = spread or {}
+    f = lambda r, st: _fid(cells, 'dinof', r, st)
+    if not any(f(r, st) is not None for r in RUNGS for st in ('dpm2', 'paper')): return ''
+    out = [_gains_sentence(f), _learned_sentence(f, spread)]
+    out += [_seeds_brief(cells, st) for st in ('dpm2', 'paper')]
+    if (low := _low_cutoffs(cells)):
+        out.append('Below 0.6 the moment Gaussian falls short of the exact prior (DPM-Solver-2 NFE 19, t_m = '
+                   + '; '.join(f"{t:g}: {v['moments_full']:.1f} against {v['exact']:.1f}" for t, v in low.items()) + ')'
+                   + ''.join(f'; {b}' for r in flow_seeds if (b := _flow_seeds_brief(r))) + '.')
+    out.append(_use_sentence({r['rung']: r for r in ladder_rows(cells, 'dinof')}))
+    return ' '.join(s for s in out if s)
 
 # %% ../nbs/12a_ladder.ipynb #e1a7c0d2
 _CORE = ('standard', 'moments_full', 'glow_moments', 'exact')

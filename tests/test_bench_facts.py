@@ -33,9 +33,9 @@ def _markdown(name: str) -> str:
 
 
 @pytest.mark.parametrize('where, names', [
-    ('index.ipynb', {'qs-headline', 'qs-classes', 'qs-rerun', 'qs-seeds', 'qs-variants', 'study-training', 'agreement', 'status', 'ladder', 'ladder-nets', 'qs-priors'}),
+    ('index.ipynb', {'qs-headline', 'qs-classes', 'qs-rerun', 'qs-seeds', 'qs-variants', 'study-training', 'agreement', 'status', 'ladder', 'ladder-table', 'ladder-nets', 'qs-priors'}),
     ('12_bench.ipynb', {'qs-headline', 'qs-classes', 'qs-rerun', 'gauss-heldout', 'agreement', 'qs-priors'}),
-    ('README.md', {'qs-headline', 'qs-seeds', 'qs-variants', 'status', 'ladder', 'ladder-nets'})])
+    ('README.md', {'qs-headline', 'qs-seeds', 'qs-variants', 'status', 'ladder', 'ladder-table', 'ladder-nets'})])
 def test_every_marked_sentence_is_the_stored_data(report, where, names):
     r, values = report
     text = (ROOT / where).read_text() if where.endswith('.md') else _markdown(where)
@@ -59,7 +59,10 @@ def test_the_facts_say_what_the_data_says(report):
     assert v['study-training'].startswith('7,134 s') and v['status'].startswith('The study is complete')
     assert v['gauss-heldout'] == f"{json.loads((BENCH / 'fits' / 'dinof.json').read_text())['gaussian_bpd']:.4f}" == '2.0435'
     assert 'PC cell' in v['agreement'] and 'DPM-Solver-2' in v['agreement']
-    assert v['ladder'].startswith("Same score network (DiNof's)") and "Of the exact prior's gain over N(0, I), the moment Gaussian recovers" in v['ladder']
+    assert v['ladder'].startswith("Of the exact prior's gain over N(0, I), the moment Gaussian recovers") and 'Over training seeds 1, 2, 42' in v['ladder']
+    assert len(v['ladder'].split()) < 350   # the front page's short form (the long one: ladder_headline, 24_prior_ladder)
+    rows = [l for l in v['ladder-table'].strip().splitlines() if l.startswith('| ')]
+    assert len(rows) == 1 + 7 and 'exact x(t_m)' in rows[-1], v['ladder-table']   # the header and every rung at t_m = 0.6
     # the main job as the preset now trains it (the Glow on the moment base, from the identity start: bench/quickstart/metrics.json)
     assert v['qs-headline'] == 'domain FID **45.8** and KID 7.9 ± 0.8' and v['qs-classes'] == '77 to 126 per class of 1,000'
     assert v['qs-priors'].startswith('on the same trained networks (the Glow on N(0, I), training seeds 42, 1') and 'lower on every seed' in v['qs-priors']

@@ -80,9 +80,10 @@ def facts(root: pathlib.Path = ROOT) -> dict:
     out['status'] = (f"The study is still running: still to come, {todo.group(1)}." if todo else
                      f"The study is complete ({len(res['points'])} cells, bits/dim, the priors' fits and the speed in `bench/fashion_mnist`).")
     out['gauss-heldout'] = f"{res['fits']['dinof']['gaussian_bpd']:.4f}"
-    from dinof.ladder import ladder_headline, ladder_rows, load_flow_seeds, load_ladder, sampling_spread
+    from dinof.ladder import ladder_brief, ladder_rows, ladder_table, load_flow_seeds, load_ladder, sampling_spread
     cells, spread = load_ladder(bench), sampling_spread(bench)
-    out['ladder'] = ladder_headline(cells, spread, load_flow_seeds(bench)) or 'No ladder cells are stored yet.'
+    out['ladder'] = ladder_brief(cells, spread, load_flow_seeds(bench)) or 'No ladder cells are stored yet.'
+    out['ladder-table'] = '\n\n' + ladder_table(cells) + '\n\n'   # a block of its own: blank lines around it
     fid = lambda tag: next((r['dpm2']['fid'] for r in ladder_rows(cells, tag) if r['rung'] == 'moments_full' and 'dpm2' in r), None)
     d, b = fid('dinof'), fid('baseline-tm0.6')
     out['ladder-nets'] = ('the ladder has not drawn both score networks from the moment Gaussian yet' if None in (d, b) else
@@ -147,6 +148,14 @@ def sample_grids(models: pathlib.Path, out: pathlib.Path, nfe: int = 20, method:
         ax.set_title(f"{title}\n{names.get(method, method)} ({grids.get(d['schedule'], d['schedule'])}), NFE {d['nfe']}, seed 0", fontsize=9)
     fig.tight_layout(); fig.savefig(out, dpi=90); plt.close(fig)
 
+def ladder_figure(root: pathlib.Path = ROOT):
+    "The front page's figure of the prior ladder (`dinof.ladder.plot_ladder`: FID against held-out bits/dim, per setting)."
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from dinof.ladder import load_ladder, plot_ladder
+    fig = plot_ladder(load_ladder(root / 'bench' / 'fashion_mnist'))
+    fig.savefig(root / 'nbs' / 'images' / 'prior_ladder.png', dpi=80); plt.close(fig)
+
 def main():
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -157,6 +166,7 @@ def main():
     for p in (bench / 'fid_vs_nfe.png', ROOT / 'nbs' / 'images' / 'fid_vs_nfe.png'): fig.savefig(p, dpi=90)
     plt.close(fig)
     sample_grids(bench / 'models', ROOT / 'nbs' / 'images' / 'bench_samples.png')
+    ladder_figure()
     path = ROOT / 'nbs' / 'index.ipynb'
     nb = json.loads(path.read_text(encoding='utf-8'))
     hits = [c for c in nb['cells'] if c['cell_type'] == 'markdown' and START in ''.join(c['source'])]
