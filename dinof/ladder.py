@@ -671,11 +671,15 @@ def _low_cutoffs(cells: list[dict]) -> dict:
     sweep = {t: {r['rung']: r['dpm2']['fid'] for r in rows if 'dpm2' in r} for t, rows in tm_sweep(cells).items()}
     return {t: v for t, v in sweep.items() if t < 0.6 - 1e-9 and {'moments_full', 'exact'} <= set(v)}
 
+def _flow_seeds_numbers(r: dict) -> tuple:
+    "A `flow_seeds` result's flows' FIDs, the moment Gaussian's FIDs, and the flows' bits/dim minus the moment Gaussian's."
+    return ([x['fid'] for x in r['flows'].values()], [x['fid'] for x in r['moments'].values()],
+            [x['minus_moments'] for x in r['flows'].values() if 'minus_moments' in x])
+
 def _flow_seeds_sentence(r: dict) -> str:
     "A `flow_seeds` result in one sentence: the moment-based Glow over flow training seeds against the moment Gaussian, or ''."
     if not (v := r.get('verdict')): return ''
-    fl, mo = ([x['fid'] for x in r[k].values()] for k in ('flows', 'moments'))
-    d = [x['minus_moments'] for x in r['flows'].values() if 'minus_moments' in x]
+    fl, mo, d = _flow_seeds_numbers(r)
     fits = (f" fits held-out x(t_m) better than the moment Gaussian on {sum(x < 0 for x in d)} of {len(d)} flows "
             f"({-max(d):.4f} to {-min(d):.4f} bits/dim lower) and" if d else '')
     return (f"At t_m = {r['t_m']:g} ({_SETTING_WORDS.get(r['setting'], r['setting']).split(' (')[0]}), the moment-based Glow over flow training seeds "
@@ -684,8 +688,7 @@ def _flow_seeds_sentence(r: dict) -> str:
 def _flow_seeds_brief(r: dict) -> str:
     "`_flow_seeds_sentence` in a clause: how many flow seeds fit better, and whether the samples are better beyond the noise."
     if not (v := r.get('verdict')): return ''
-    fl, mo = ([x['fid'] for x in r[k].values()] for k in ('flows', 'moments'))
-    d = [x['minus_moments'] for x in r['flows'].values() if 'minus_moments' in x]
+    fl, mo, d = _flow_seeds_numbers(r)
     better = v[0] == 'a' and v[3] == 'win'
     fits = (f" fits held-out x(t_m) better on {sum(x < 0 for x in d)} of {len(d)} flow training seeds, "
             + ('but' if any(x < 0 for x in d) and not better else 'and')) if d else ''
@@ -735,6 +738,7 @@ def ladder_headline(cells: list[dict], spread: dict | None = None, flow_seeds: S
     out.append(_use_sentence({r['rung']: r for r in ladder_rows(cells, 'dinof')}))
     return ' '.join(s for s in out if s)
 
+# %% ../nbs/12a_ladder.ipynb #d4a1e0b9
 _WHO = {'mom': 'DiNof from the moment Gaussian', 'flow': 'DiNof from its Glow', 'base': 'the baseline'}
 _PAIRS = (('mom', 'flow', True), ('mom', 'base', False), ('flow', 'base', False))   # paired: the same score network
 
